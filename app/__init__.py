@@ -1,0 +1,34 @@
+"""imagejobs: the Images part of the Cycle.io platform API."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from app.config import get_settings
+
+
+def create_app() -> Flask:
+    """The Flask application: one blueprint per resource, errors always in the spec's envelope."""
+    from app import web
+    from app.images.views import blueprint as images
+    from app.jobs.views import blueprint as jobs
+    from app.sources.views import blueprint as sources
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = get_settings().max_body_bytes
+    app.json.sort_keys = False
+    web.register(app)
+    # Sources before images: /v1/images/sources must not be taken for an image id.
+    app.register_blueprint(sources)
+    app.register_blueprint(images)
+    app.register_blueprint(jobs)
+
+    @app.get("/v1/health")
+    def health():
+        return {"data": {"status": "ok"}}
+
+    return app

@@ -1,0 +1,154 @@
+"""The `imagejobs` command: database, hubs and keys, and the API and worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+from app.config import get_settings
+from app.jobs.queueing import SHARED_QUEUES, node_queue
+
+
+@click.group()
+def main() -> None:
+    """imagejobs: container-image jobs behind the Cycle.io Images API."""
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Create the database if it is missing and migrate it."""
+    from app import migrations
+
+    if migrations.create_database_if_missing():
+        click.echo("created the database")
+    migrations.upgrade(revision)
+    click.echo(f"database at {revision}")
+
+
+@main.group()
+def hub() -> None:
+    """Hubs (tenants)."""
+
+
+@hub.command("create")
+@click.argument("name")
+def hub_create(name: str) -> None:
+    """Create a hub and print its id."""
+    from app.db import transaction
+    from app.hubs.services import create_hub
+
+    with transaction() as session:
+        click.echo(create_hub(session, name).id)
+
+
+@main.group()
+def key() -> None:
+    """API keys."""
+
+
+@key.command("create")
+@click.option("--hub", "hub_id", required=True, help="The hub the key belongs to.")
+@click.option("--name", default="api key", show_default=True)
+@click.option("--capability", "capabilities", multiple=True,
+              help="A capability to grant (repeat it); none means all.")
+def key_create(hub_id: str, name: str, capabilities: tuple[str, ...]) -> None:
+    """Create an API key and print its secret, which is shown only this once."""
+    from app.db import transaction
+    from app.hubs.models import Capability
+    from app.hubs.services import create_key
+
+    known = {c.value for c in Capability}
+    unknown = [c for c in capabilities if c not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown capability {unknown[0]}; choose from "
+                                 f"{', '.join(sorted(known))}", param_hint="--capability")
+    try:
+        with transaction() as session:
+            _, secret = create_key(session, hub_id, name, capabilities)
+    except LookupError:
+        raise click.BadParameter(f"no hub {hub_id}", param_hint="--hub") from None
+    click.echo(secret)
+
+
+def default_queues() -> str:
+    return ",".join([*SHARED_QUEUES, node_queue(get_settings().node_id)])
+
+
+def api_command(host: str, port: int, workers: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
+            str(workers), "--worker-class", "gthread", "--threads", "4", "--access-logfile",
+            "-", "--graceful-timeout", "20", "app.wsgi:app"]
+
+
+def worker_command(queues: str, concurrency: int) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "--queues", queues, "--concurrency", str(concurrency), "--loglevel", "INFO",
+            "--hostname", f"imagejobs@{get_settings().node_id}-%h-{os.getpid()}"]
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="gunicorn worker processes")
+def api(host: str, port: int, workers: int) -> None:
+    """Serve the API with gunicorn."""
+    command = api_command(host, port, workers)
+    os.execv(command[0], command)
+
+
+@main.command()
+@click.option("--queues", default=None, help="Comma-separated queues (default: every shared "
+              "queue and this node's own).")
+@click.option("--concurrency", default=2, show_default=True)
+def worker(queues: str | None, concurrency: int) -> None:
+    """Run a Celery worker."""
+    command = worker_command(queues or default_queues(), concurrency)
+    os.execv(command[0], command)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--concurrency", default=2, show_default=True)
+def dev(host: str, port: int, concurrency: int) -> None:
+    """Migrate, then run the API and one worker together until interrupted."""
+    from app import migrations
+
+    migrations.create_database_if_missing()
+    migrations.upgrade()
+    processes = [subprocess.Popen(api_command(host, port, 1)),
+                 subprocess.Popen(worker_command(default_queues(), concurrency))]
+
+    def stop(*_: object) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+    finally:
+        stop()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    sys.exit(max(abs(p.returncode or 0) for p in processes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Settings read once from the environment, with defaults that work on a development machine."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def _database_url(raw: str) -> str:
+    # Accept the plain libpq form as well as SQLAlchemy's, and always drive psycopg 3.
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix):]
+    return raw
+
+
+def _secret_keys() -> list[str]:
+    """IMAGEJOBS_SECRET_KEY, comma separated (first encrypts, all decrypt), or a local key file.
+
+    Without the variable a key is made once in the user's data folder so that `make run` works
+    out of the box; production deployments set the variable.
+    """
+    raw = os.environ.get("IMAGEJOBS_SECRET_KEY", "").strip()
+    if raw:
+        return [k.strip() for k in raw.split(",") if k.strip()]
+    path = Path(os.environ.get("IMAGEJOBS_SECRET_KEY_FILE",
+                               Path.home() / ".local/share/imagejobs/secret.key"))
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return [path.read_text().strip()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = field(default_factory=lambda: _database_url(os.environ.get(
+        "DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/imagejobs")))
+    redis_url: str = field(
+        default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    docker_host: str = field(
+        default_factory=lambda: os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    node_id: str = field(
+        default_factory=lambda: os.environ.get("IMAGEJOBS_NODE_ID") or socket.gethostname())
+    secret_keys: list[str] = field(default_factory=_secret_keys)
+    # How long a worker's claim on a job lasts without renewal; renewed every third of it.
+    lease_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_LEASE_SECONDS", 30))
+    # Claims of one job before it ends in error: a job that keeps killing its worker stops here.
+    max_attempts: int = field(default_factory=lambda: _int("IMAGEJOBS_MAX_ATTEMPTS", 3))
+    # A queued job nobody has claimed after this long is published to the broker again.
+    republish_seconds: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_REPUBLISH_SECONDS", 60))
+    # A job not started within this long after it was created ends `expired`.
+    job_ttl_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_JOB_TTL", 6 * 3600))
+    sweep_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_SWEEP_SECONDS", 5))
+    page_size_max: int = field(default_factory=lambda: _int("IMAGEJOBS_PAGE_SIZE_MAX", 100))
+    max_body_bytes: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_MAX_BODY_BYTES", 1024 * 1024))
+    # Engine calls (a pull of a large image) may take this long before the job errors.
+    engine_timeout_seconds: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_ENGINE_TIMEOUT", 1800))
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,99 @@
+"""The database: declarative base, ids, times, and one engine per process."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, MetaData, create_engine
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from app.config import get_settings
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+_counter = int.from_bytes(os.urandom(3), "big")
+_counter_lock = threading.Lock()
+_process_random = os.urandom(5)
+_process_pid = os.getpid()
+
+
+def new_id() -> str:
+    """A 24-hex-character id laid out like a MongoDB ObjectId: seconds first, so ids sort by age."""
+    global _counter, _process_random, _process_pid
+    with _counter_lock:
+        if os.getpid() != _process_pid:  # a forked worker child must not repeat its parent's ids
+            _process_random, _process_pid = os.urandom(5), os.getpid()
+        _counter = (_counter + 1) % 0xFFFFFF
+        counter = _counter
+    return (int(time.time()).to_bytes(4, "big") + _process_random
+            + counter.to_bytes(3, "big")).hex()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(value: datetime | None) -> str:
+    """RFC 3339 in UTC; an event that has not happened is Cycle's zero time, never a missing key."""
+    if value is None:
+        return ZERO_TIME
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def like_pattern(text: str) -> str:
+    """A case-insensitive substring match for `text`, its wildcards taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    })
+    type_annotation_map = {
+        dict[str, Any]: JSONB,
+        list[dict[str, Any]]: JSONB,
+        datetime: DateTime(timezone=True),
+    }
+
+
+_engine: Engine | None = None
+_engine_pid: int | None = None
+_sessionmaker: sessionmaker[Session] | None = None
+
+
+def get_engine() -> Engine:
+    """The process's engine; a forked child gets its own pool instead of sharing sockets."""
+    global _engine, _engine_pid, _sessionmaker
+    if _engine is None or _engine_pid != os.getpid():
+        if _engine is not None:
+            _engine.dispose(close=False)
+        _engine = create_engine(get_settings().database_url, pool_pre_ping=True,
+                                pool_size=5, max_overflow=10)
+        _engine_pid = os.getpid()
+        _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
+    return _engine
+
+
+def new_session() -> Session:
+    get_engine()
+    assert _sessionmaker is not None
+    return _sessionmaker()
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    """A session whose work is committed on success and rolled back on any exception."""
+    with new_session() as session, session.begin():
+        yield session

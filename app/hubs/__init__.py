@@ -1,0 +1,1 @@
+"""Hubs (tenants) and their API keys."""

@@ -1,0 +1,115 @@
+"""The image record, its build log, and the image state machine."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, new_id, utcnow
+from app.statemachine import StateMachine
+
+
+class ImageState(StrEnum):
+    NEW = "new"
+    UPLOADING = "uploading"
+    DOWNLOADING = "downloading"
+    BUILDING = "building"
+    VERIFYING = "verifying"
+    SAVING = "saving"
+    LIVE = "live"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+S = ImageState
+# A failed import goes back to where it started (`new`, or `live` for a re-import) with the
+# error recorded; a failed delete goes back to `live`. Nothing stays in between.
+IMAGE_STATES = StateMachine("image", {
+    S.NEW: {S.DOWNLOADING, S.BUILDING, S.UPLOADING, S.DELETING},
+    S.LIVE: {S.DOWNLOADING, S.BUILDING, S.UPLOADING, S.DELETING},
+    S.DOWNLOADING: {S.VERIFYING, S.NEW, S.LIVE},
+    S.BUILDING: {S.VERIFYING, S.NEW, S.LIVE},
+    S.UPLOADING: {S.VERIFYING, S.NEW, S.LIVE},
+    S.VERIFYING: {S.SAVING, S.NEW, S.LIVE},
+    S.SAVING: {S.LIVE, S.NEW},
+    S.DELETING: {S.DELETED, S.LIVE, S.NEW},
+}, final={S.DELETED})
+TRANSITIONAL = frozenset({S.UPLOADING, S.DOWNLOADING, S.BUILDING, S.VERIFYING, S.SAVING,
+                          S.DELETING})
+
+EMPTY_CONFIG: dict[str, Any] = {
+    "user": "", "ports": [], "env": {}, "labels": {}, "command": [], "entrypoint": [],
+    "volumes": [], "workdir": "", "signal_stop": "",
+}
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True, default=new_id)
+    hub_id: Mapped[str] = mapped_column(ForeignKey("hubs.id"), index=True)
+    source_id: Mapped[str] = mapped_column(ForeignKey("image_sources.id"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    about_description: Mapped[str | None]
+    # The source's origin when the image was made (secrets blanked, and sealed apart): an image
+    # is a point in time, so a later change of its source does not change what it imports.
+    origin: Mapped[dict[str, Any]]
+    origin_secrets: Mapped[bytes | None] = mapped_column(LargeBinary)
+    override: Mapped[dict[str, Any] | None]
+    build: Mapped[dict[str, Any] | None]
+    config: Mapped[dict[str, Any]] = mapped_column(default=lambda: dict(EMPTY_CONFIG))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    backend_provider: Mapped[str] = mapped_column(String(64), default="")
+    backend_file_name: Mapped[str] = mapped_column(String(512), default="")
+    backend_file_id: Mapped[str] = mapped_column(String(128), default="")
+    factory_node_id: Mapped[str | None] = mapped_column(String(256))
+    factory_acknowledged: Mapped[datetime | None]
+    factory_cached: Mapped[datetime | None]
+    creator_type: Mapped[str] = mapped_column(String(32))
+    creator_id: Mapped[str] = mapped_column(String(24))
+    state: Mapped[str] = mapped_column(String(16), default=ImageState.NEW, index=True)
+    state_changed: Mapped[datetime] = mapped_column(default=utcnow)
+    state_error: Mapped[str | None]
+    state_error_time: Mapped[datetime | None]
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    deleted: Mapped[datetime | None]
+
+    @property
+    def origin_type(self) -> str:
+        return self.origin["type"]
+
+    @property
+    def resting_state(self) -> ImageState:
+        """Where a failed job leaves the image: `live` if the engine still holds an earlier one."""
+        return ImageState.LIVE if self.backend_file_id else ImageState.NEW
+
+    def move_to(self, state: ImageState) -> None:
+        self.state = IMAGE_STATES.check(self.state, state)
+        self.state_changed = utcnow()
+        if state == ImageState.DELETED:
+            self.deleted = self.state_changed
+
+    def fail(self, message: str) -> None:
+        """End a job's work on this image: back to its resting state, with the error shown."""
+        if self.state in TRANSITIONAL:
+            self.move_to(self.resting_state)
+        self.state_error = message
+        self.state_error_time = utcnow()
+
+
+class BuildLog(Base):
+    __tablename__ = "image_build_logs"
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True, default=new_id)
+    hub_id: Mapped[str] = mapped_column(ForeignKey("hubs.id"), index=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), unique=True)
+    log: Mapped[str] = mapped_column(Text, default="")
+    truncated: Mapped[bool] = mapped_column(default=False)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    deleted: Mapped[datetime | None]

@@ -1,0 +1,147 @@
+"""/v1/images: parse, call a service, serialize."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+from sqlalchemy import select
+
+from app import errors
+from app.db import rfc3339
+from app.hubs.auth import current, requires
+from app.hubs.documents import creators_include
+from app.hubs.models import Capability
+from app.images import services
+from app.images.models import BuildLog, Image
+from app.images.schemas import ImageCreate, ImageTask, ImageUpdate
+from app.jobs.documents import job_descriptor
+from app.jobs.services import publish
+from app.sources.models import ImageSource
+from app.sources.views import source_document
+from app.web import db_session, fetch_page, list_query, parse_body
+
+blueprint = Blueprint("images", __name__, url_prefix="/v1/images")
+
+
+def image_document(image: Image) -> dict[str, Any]:
+    state: dict[str, Any] = {"current": image.state, "changed": rfc3339(image.state_changed)}
+    if image.state_error:
+        state["error"] = {"message": image.state_error, "time": rfc3339(image.state_error_time)}
+    source: dict[str, Any] = {"type": "direct",
+                              "details": {"id": image.source_id, "origin": image.origin}}
+    if image.override:
+        source["override"] = image.override
+    factory = None
+    if image.factory_node_id:
+        factory = {"node_id": image.factory_node_id,
+                   "cached": rfc3339(image.factory_cached),
+                   "acknowledged": rfc3339(image.factory_acknowledged)}
+    return {
+        "id": image.id,
+        "hub_id": image.hub_id,
+        "name": image.name,
+        "size": image.size,
+        "about": {"description": image.about_description},
+        "backend": {"provider": image.backend_provider, "size": image.size,
+                    "file_name": image.backend_file_name, "file_id": image.backend_file_id},
+        "requires": {"nvidia_gpu": False},
+        "build": image.build,
+        "builder": None,
+        "config": image.config,
+        "source": source,
+        "creator": {"id": image.creator_id, "type": image.creator_type},
+        "factory": factory,
+        "state": state,
+        "events": {"created": rfc3339(image.created), "updated": rfc3339(image.updated),
+                   "deleted": rfc3339(image.deleted)},
+    }
+
+
+def _documents(images: list[Image], include: set[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {"data": [image_document(i) for i in images]}
+    includes: dict[str, Any] = {}
+    hub_id = current().hub_id
+    if "creators" in include:
+        includes["creators"] = creators_include(db_session(), hub_id,
+                                                {i.creator_id for i in images})
+    if "sources" in include:
+        wanted = {i.source_id for i in images}
+        sources = db_session().scalars(select(ImageSource).where(
+            ImageSource.id.in_(wanted), ImageSource.hub_id == hub_id)) if wanted else []
+        includes["sources"] = {s.id: source_document(s) for s in sources}
+    if includes:
+        result["includes"] = includes
+    return result
+
+
+INCLUDES = {"creators", "sources"}
+
+
+@blueprint.get("")
+@requires(Capability.IMAGES_VIEW)
+def list_images():
+    q = list_query(filters={"state", "source_id", "search", "source_type"},
+                   sorts=set(services.IMAGE_SORTS), includes=INCLUDES)
+    query = services.images_query(current().hub_id, q.filters, q.states())
+    images = fetch_page(query, q, services.IMAGE_SORTS, Image.id.desc())
+    return _documents(images, q.include)
+
+
+@blueprint.post("")
+@requires(Capability.IMAGES_MANAGE)
+def create_image():
+    body = parse_body(ImageCreate)
+    session = db_session()
+    image = services.create_image(session, current().hub_id, current().creator, body)
+    session.commit()
+    return {"data": image_document(image)}, 201
+
+
+@blueprint.get("/<image_id>")
+@requires(Capability.IMAGES_VIEW)
+def get_image(image_id: str):
+    q = list_query(includes=INCLUDES)
+    image = services.get_image(db_session(), current().hub_id, image_id)
+    result = _documents([image], q.include)
+    result["data"] = result["data"][0]
+    return result
+
+
+@blueprint.patch("/<image_id>")
+@requires(Capability.IMAGES_MANAGE)
+def update_image(image_id: str):
+    body = parse_body(ImageUpdate)
+    session = db_session()
+    image = services.rename_image(session, current().hub_id, image_id, body.name)
+    session.commit()
+    return {"data": image_document(image)}
+
+
+@blueprint.post("/<image_id>/tasks")
+@requires(Capability.IMAGES_IMPORT)
+def create_image_task(image_id: str):
+    parse_body(ImageTask)
+    session = db_session()
+    job = services.import_image(session, current().hub_id, current().creator, image_id)
+    session.commit()
+    publish(session, job)
+    session.commit()
+    return {"data": job_descriptor(job)}, 202
+
+
+@blueprint.get("/<image_id>/build-log")
+@requires(Capability.IMAGES_VIEW)
+def get_build_log(image_id: str):
+    session = db_session()
+    image = services.get_image(session, current().hub_id, image_id)
+    build_log = session.scalar(select(BuildLog).where(BuildLog.image_id == image.id))
+    if build_log is None:
+        raise errors.BuildLogNotFound("This image has no build log: it was not built from a "
+                                      "Dockerfile, or its build has not started.")
+    return {"data": {
+        "id": build_log.id, "hub_id": build_log.hub_id, "image_id": build_log.image_id,
+        "log": build_log.log,
+        "events": {"created": rfc3339(build_log.created), "updated": rfc3339(build_log.updated),
+                   "deleted": rfc3339(build_log.deleted)},
+    }}

@@ -1,0 +1,213 @@
+"""The worker side of jobs, in Postgres: claim, lease, fenced writes, finish, and the sweeper.
+
+Postgres is the authority; the broker only carries hints that a job may be ready. A claim is one
+conditional update; every later write checks the claim's attempt number, so a worker whose lease
+lapsed (it froze, or lost the database) can no longer change the job or what it works on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+import app.models  # noqa: F401  (the job engine touches every domain's tables)
+from app.config import get_settings
+from app.db import rfc3339, transaction, utcnow
+from app.images.models import Image
+from app.jobs import services
+from app.jobs.models import Job, JobState
+from app.sources.models import ImageSource, SourceState
+
+log = logging.getLogger("imagejobs.jobs")
+
+_SWEEP_LOCK = 712_004_117  # any constant, the same in every sweeper
+
+
+class LeaseLost(Exception):
+    """Another worker holds the job now (or it ended); this worker must stop touching it."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    attempt: int
+    action: str
+
+
+def claim(job_id: str, owner: str) -> Claim | None:
+    """Move a queued job to running for this worker, or None if it is not ours to run."""
+    settings = get_settings()
+    with transaction() as session:
+        now = utcnow()
+        row = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.QUEUED, Job.expires > now)
+            .values(state=JobState.RUNNING, state_changed=now, attempt=Job.attempt + 1,
+                    lease_owner=owner, lease_expires=now + timedelta(seconds=settings.lease_seconds),
+                    started_at=func.coalesce(Job.started_at, now))
+            .returning(Job.attempt, Job.action)
+        ).first()
+        if row is None:
+            _expire_if_due(session, job_id)
+            return None
+        job = session.get(Job, job_id)
+        assert job is not None
+        _set_task(job, state="running", started=True)
+        return Claim(job_id=job_id, attempt=row.attempt, action=row.action)
+
+
+def renew(claim: Claim) -> bool:
+    """Extend the lease; False once the job is no longer this claim's."""
+    with transaction() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == claim.job_id, Job.attempt == claim.attempt,
+                   Job.state == JobState.RUNNING)
+            .values(lease_expires=utcnow() + timedelta(seconds=get_settings().lease_seconds)))
+        return result.rowcount == 1
+
+
+@contextmanager
+def fenced(claim: Claim) -> Iterator[tuple[Session, Job]]:
+    """A transaction in which the job is locked and still this claim's, or LeaseLost."""
+    with transaction() as session:
+        job = session.scalar(select(Job).where(
+            Job.id == claim.job_id, Job.attempt == claim.attempt, Job.state == JobState.RUNNING
+        ).with_for_update())
+        if job is None:
+            raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} is no longer ours")
+        yield session, job
+
+
+def start_step(job: Job, caption: str, description: str) -> None:
+    task = dict(job.tasks[0])
+    task["steps"] = [*task["steps"], {"caption": caption, "description": description,
+                                      "started": rfc3339(utcnow()), "completed": rfc3339(None)}]
+    job.tasks = [task, *job.tasks[1:]]
+
+
+def complete_step(job: Job) -> None:
+    task = dict(job.tasks[0])
+    steps = [dict(s) for s in task["steps"]]
+    if steps and steps[-1]["completed"] == rfc3339(None):
+        steps[-1]["completed"] = rfc3339(utcnow())
+    task["steps"] = steps
+    job.tasks = [task, *job.tasks[1:]]
+
+
+def complete(session: Session, job: Job, output: dict[str, str] | None = None) -> None:
+    complete_step(job)
+    job.move_to(JobState.COMPLETED)
+    _set_task(job, state="completed", completed=True, output=output)
+
+
+def fail(session: Session, job: Job, message: str) -> None:
+    """End the job in error and put what it worked on back in a resting state, error shown."""
+    complete_step(job)
+    job.move_to(JobState.ERROR, error=message)
+    _set_task(job, state="error", completed=True, error=message)
+    _release_subject(session, job, message)
+
+
+def _release_subject(session: Session, job: Job, message: str) -> None:
+    if job.subject_id is None:
+        return
+    if job.action.startswith("image."):
+        image = session.get(Image, job.subject_id, with_for_update=True)
+        if image is not None:
+            image.fail(message)
+    elif job.action.startswith("source."):
+        source = session.get(ImageSource, job.subject_id, with_for_update=True)
+        if source is not None and source.state == SourceState.DELETING:
+            source.move_to(SourceState.LIVE, error=message)
+
+
+def _set_task(job: Job, *, state: str, started: bool = False, completed: bool = False,
+              output: dict[str, str] | None = None, error: str | None = None) -> None:
+    now = rfc3339(utcnow())
+    task = dict(job.tasks[0])
+    task["state"] = {"current": state, "changed": now}
+    events = dict(task["events"])
+    if started and events["started"] == rfc3339(None):
+        events["started"] = now
+    if completed:
+        events["completed"] = now
+    task["events"] = events
+    if output is not None:
+        task["output"] = output
+    if error is not None:
+        task["error"] = {"message": error}
+    job.tasks = [task, *job.tasks[1:]]
+
+
+def _expire_if_due(session: Session, job_id: str) -> None:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.state == JobState.QUEUED,
+                                           Job.expires <= utcnow()).with_for_update())
+    if job is not None:
+        _expire(job)
+
+
+def _expire(job: Job) -> None:
+    job.move_to(JobState.EXPIRED, error="The job was not started before it expired.")
+    _set_task(job, state="error", completed=True, error=job.error_message)
+
+
+@dataclass
+class SweepReport:
+    expired: int = 0
+    requeued: int = 0
+    abandoned: int = 0
+    published: int = 0
+
+
+def sweep() -> SweepReport:
+    """Expire, take back lapsed leases, and republish jobs the broker may have lost.
+
+    One sweeper at a time across all workers (an advisory lock); safe to run anywhere, any time.
+    """
+    settings = get_settings()
+    report = SweepReport()
+    to_publish: list[Job] = []
+    with transaction() as session:
+        if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _SWEEP_LOCK}):
+            return report
+        now = utcnow()
+        for job in _locked(session, Job.state == JobState.QUEUED, Job.expires <= now):
+            _expire(job)
+            report.expired += 1
+        for job in _locked(session, Job.state == JobState.RUNNING, Job.lease_expires < now):
+            if job.attempt >= settings.max_attempts:
+                fail(session, job, f"The job was given up after {job.attempt} attempts: each "
+                     "time, the worker running it stopped responding (it crashed, was killed, "
+                     "or lost its connection).")
+                report.abandoned += 1
+            else:
+                log.warning("job %s: lease of %s lapsed on attempt %d; queueing it again",
+                            job.id, job.lease_owner, job.attempt)
+                job.move_to(JobState.QUEUED)
+                job.lease_owner = job.lease_expires = None
+                job.published_at = None
+                _set_task(job, state="pending")
+                report.requeued += 1
+        stale = now - timedelta(seconds=settings.republish_seconds)
+        to_publish = list(_locked(session, Job.state == JobState.QUEUED,
+                                  (Job.published_at.is_(None)) | (Job.published_at < stale),
+                                  limit=500))
+    for job in to_publish:
+        with transaction() as session:
+            fresh = session.get(Job, job.id)
+            if fresh is not None and fresh.state == JobState.QUEUED:
+                fresh.published_at = None
+                report.published += services.publish(session, fresh)
+    return report
+
+
+def _locked(session: Session, *conditions, limit: int = 1000) -> list[Job]:
+    return list(session.scalars(select(Job).where(*conditions).order_by(Job.id).limit(limit)
+                                .with_for_update(skip_locked=True)))

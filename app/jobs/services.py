@@ -1,0 +1,111 @@
+"""Creating jobs (with duplicate suppression), publishing them after commit, and reading them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import errors
+from app.config import get_settings
+from app.db import like_pattern, new_id, rfc3339, utcnow
+from app.jobs import queueing
+from app.jobs.models import ACTIVE, Job, JobState
+
+
+@dataclass(frozen=True)
+class NewTask:
+    header: str
+    caption: str
+    input: dict[str, Any]
+
+
+def job_hash(hub_id: str, action: str, task_input: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps([hub_id, action, task_input], sort_keys=True).encode()
+                          ).hexdigest()
+
+
+def create_job(session: Session, *, hub_id: str, creator: dict[str, str], action: str,
+               queue: str, caption: str, subject_id: str | None, task: NewTask) -> Job:
+    """A queued job, or the equal job still unfinished (same hub, action and input).
+
+    The caller commits, then calls `publish`: a job is in Postgres before the broker hears of it.
+    """
+    digest = job_hash(hub_id, action, task.input)
+    existing = _active_with_hash(session, digest)
+    if existing is not None:
+        return existing
+    now = utcnow()
+    job = Job(
+        id=new_id(), hub_id=hub_id, action=action, queue=queue, caption=caption,
+        subject_id=subject_id, input=task.input, hash=digest, limit_duplicates=True,
+        creator_type=creator["type"], creator_id=creator["id"], state=JobState.QUEUED,
+        state_changed=now, queued_at=now, schedule=now,
+        expires=now + timedelta(seconds=get_settings().job_ttl_seconds),
+        tasks=[{
+            "id": new_id(), "caption": task.caption, "header": task.header,
+            "events": {"queued": rfc3339(now), "started": rfc3339(None),
+                       "completed": rfc3339(None)},
+            "steps": [], "state": {"current": "pending", "changed": rfc3339(now)},
+            "input": task.input, "output": None, "error": None,
+        }],
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        # An equal job was created between our look and our insert.
+        existing = _active_with_hash(session, digest)
+        if existing is None:
+            raise
+        return existing
+    return job
+
+
+def _active_with_hash(session: Session, digest: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.hash == digest, Job.limit_duplicates,
+                                            Job.state.in_(ACTIVE)))
+
+
+def publish(session: Session, job: Job) -> bool:
+    """Publish a committed job and note when (the caller commits that note).
+
+    If the broker is down the job stays unpublished and the sweeper publishes it later.
+    """
+    if job.state != JobState.QUEUED or job.published_at is not None:
+        return False
+    if not queueing.publish(job.action, job.id, job.queue):
+        return False
+    session.execute(update(Job).where(Job.id == job.id).values(published_at=utcnow()))
+    return True
+
+
+def get_job(session: Session, hub_id: str, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.hub_id == hub_id))
+    if job is None:
+        raise errors.JobNotFound(f"No job `{job_id[:64]}` in this hub.")
+    return job
+
+
+JOB_SORTS = {"id": Job.id, "created": Job.id, "state": Job.state, "queued": Job.queued_at,
+             "started": Job.started_at, "completed": Job.completed_at, "caption": Job.caption}
+
+
+def jobs_query(hub_id: str, states: list[str], search: str | None) -> Select[tuple[Job]]:
+    query = select(Job).where(Job.hub_id == hub_id)
+    if states:
+        unknown = set(states) - {s.value for s in JobState}
+        if unknown:
+            raise errors.InvalidArgument(f"Unknown job state `{sorted(unknown)[0]}`.",
+                                         source="filter[state]")
+        query = query.where(Job.state.in_(states))
+    if search:
+        query = query.where(Job.caption.ilike(like_pattern(search)) | (Job.id == search)
+                            | (Job.subject_id == search))
+    return query

@@ -1,0 +1,35 @@
+"""/v1/jobs: a hub's jobs, to poll."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from app.hubs.auth import current, requires
+from app.hubs.documents import creators_include
+from app.hubs.models import Capability
+from app.jobs import services
+from app.jobs.documents import job_document
+from app.jobs.models import Job
+from app.web import db_session, fetch_page, list_query
+
+blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+@blueprint.get("")
+@requires(Capability.JOBS_VIEW)
+def list_jobs():
+    q = list_query(filters={"state", "search"}, sorts=set(services.JOB_SORTS),
+                   includes={"creators"})
+    query = services.jobs_query(current().hub_id, q.states(), q.filters.get("search"))
+    jobs = fetch_page(query, q, services.JOB_SORTS, Job.id.desc())
+    result = {"data": [job_document(j) for j in jobs]}
+    if "creators" in q.include:
+        result["includes"] = {"creators": creators_include(
+            db_session(), current().hub_id, {j.creator_id for j in jobs})}
+    return result
+
+
+@blueprint.get("/<job_id>")
+@requires(Capability.JOBS_VIEW)
+def get_job(job_id: str):
+    return {"data": job_document(services.get_job(db_session(), current().hub_id, job_id))}

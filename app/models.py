@@ -1,0 +1,9 @@
+"""Every model, imported together so that foreign keys between domains resolve."""
+
+from app.hubs.models import ApiKey, Capability, Hub
+from app.images.models import BuildLog, Image, ImageState
+from app.jobs.models import Job, JobState
+from app.sources.models import ImageSource, SourceState
+
+__all__ = ["ApiKey", "BuildLog", "Capability", "Hub", "Image", "ImageSource", "ImageState", "Job",
+           "JobState", "SourceState"]

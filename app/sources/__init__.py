@@ -1,0 +1,1 @@
+"""Image sources: where the images of a hub come from."""

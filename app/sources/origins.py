@@ -1,0 +1,326 @@
+"""The origin types of an image source, validated, and the split of their secrets from the rest.
+
+Secrets (tokens, passwords, keys) are write-only: they are sealed apart from the origin and every
+response shows them as empty strings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+SECRET_FIELDS = frozenset({"token", "password", "passphrase", "private_key", "api_key", "secret",
+                           "config"})
+
+# A Docker image reference: optional registry host, path components, optional tag and digest.
+_REFERENCE = re.compile(
+    r"^(?:(?P<host>[a-zA-Z0-9.-]+(?::\d+)?)/)?"
+    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
+
+
+def _check_target(value: str) -> str:
+    match = _REFERENCE.match(value)
+    if not match or len(value) > 512:
+        raise ValueError(f"`{value[:100]}` is not an image reference such as `busybox:1.36` or "
+                         "`team/app:v2`")
+    return value
+
+
+def _check_registry_url(value: str) -> str:
+    parts = urlsplit(value if "://" in value else f"https://{value}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme not in ("http", "https") or not parts.hostname or port == -1
+            or parts.path not in ("", "/") or parts.query or parts.fragment
+            or parts.username or parts.password):
+        raise ValueError(f"`{value[:100]}` is not a registry address such as "
+                         "`registry.example.com` or `https://registry.example.com:5000`")
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+Text = Annotated[str, StringConstraints(max_length=1024)]
+ImageTarget = Annotated[str, StringConstraints(min_length=1), AfterValidator(_check_target)]
+RegistryUrl = Annotated[str, StringConstraints(min_length=1), AfterValidator(_check_registry_url)]
+HttpUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048),
+                    AfterValidator(_check_http_url)]
+Secret = Annotated[str, StringConstraints(max_length=16384)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExistingSource(Strict):
+    source_id: Text | None = None
+
+
+class DockerHubDetails(Strict):
+    existing: ExistingSource | None = None
+    target: ImageTarget
+    username: Text | None = None
+    token: Secret | None = None
+
+
+class DockerHubOrigin(Strict):
+    type: Literal["docker-hub"]
+    details: DockerHubDetails
+
+
+class DockerRegistryDetails(Strict):
+    existing: ExistingSource | None = None
+    target: ImageTarget
+    url: RegistryUrl
+    username: Text | None = None
+    token: Secret | None = None
+    password: Secret | None = None
+
+
+class DockerRegistryOrigin(Strict):
+    type: Literal["docker-registry"]
+    details: DockerRegistryDetails
+
+
+class RegistryUserDetails(Strict):
+    username: Text | None = None
+    token: Secret | None = None
+
+
+class RegistryAuthUser(Strict):
+    type: Literal["user"]
+    details: RegistryUserDetails
+
+
+class ProviderCredentials(Strict):
+    region: Text | None = None
+    namespace: Text | None = None
+    api_key: Secret | None = None
+    secret: Secret | None = None
+    subscription_id: Text | None = None
+    client_id: Text | None = None
+    config: Secret | None = None
+
+
+class ProviderDetails(Strict):
+    flavor: Literal["ecr"]
+    credentials: ProviderCredentials
+
+
+class RegistryAuthProvider(Strict):
+    type: Literal["provider"]
+    details: ProviderDetails
+
+
+class WebhookDetails(Strict):
+    url: HttpUrl
+
+
+class RegistryAuthWebhook(Strict):
+    type: Literal["webhook"]
+    details: WebhookDetails
+
+
+RegistryAuth = Annotated[RegistryAuthUser | RegistryAuthProvider | RegistryAuthWebhook,
+                         Field(discriminator="type")]
+
+
+class OciRegistryDetails(Strict):
+    existing: ExistingSource | None = None
+    target: ImageTarget
+    url: RegistryUrl
+    auth: RegistryAuth | None = None
+
+
+class OciRegistryOrigin(Strict):
+    type: Literal["oci-registry"]
+    details: OciRegistryDetails
+
+
+class HttpCredentialValues(Strict):
+    username: Text
+    password: Secret
+
+
+class HttpCredentials(Strict):
+    type: Literal["http"]
+    credentials: HttpCredentialValues
+
+
+class SshCredentialValues(Strict):
+    username: Text
+    passphrase: Secret
+    private_key: Secret
+
+
+class SshCredentials(Strict):
+    type: Literal["ssh"]
+    credentials: SshCredentialValues
+
+
+class RepoRef(Strict):
+    type: Literal["tag", "hash"]
+    value: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class Repo(Strict):
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    branch: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    auth: Annotated[HttpCredentials | SshCredentials, Field(discriminator="type")] | None = None
+    ref: RepoRef | None = None
+
+
+class DockerfileCredential(Strict):
+    url: Text | None = None
+    username: Text | None = None
+    token: Secret | None = None
+
+
+class DockerFileDetails(Strict):
+    existing: ExistingSource | None = None
+    repo: Repo | None = None
+    targz_url: HttpUrl | None = None
+    context_dir: Text | None = None
+    build_file: Text | None = None
+    credentials: list[DockerfileCredential] | None = Field(default=None, max_length=20)
+
+    @model_validator(mode="after")
+    def _one_context(self) -> DockerFileDetails:
+        if self.repo and self.targz_url:
+            raise ValueError("give either `repo` or `targz_url`, not both")
+        return self
+
+
+class DockerFileOrigin(Strict):
+    type: Literal["docker-file"]
+    details: DockerFileDetails
+
+
+class CycleUploadDetails(Strict):
+    # Both are made by the server for each image; anything a client sends here is ignored.
+    expires: Text | None = None
+    token: Secret | None = None
+
+
+class CycleUploadOrigin(Strict):
+    type: Literal["cycle-upload"]
+    details: CycleUploadDetails | None = None
+
+
+class CycleSourceDetails(Strict):
+    source_id: Text
+
+
+class CycleSourceOrigin(Strict):
+    type: Literal["cycle-source"]
+    details: CycleSourceDetails
+
+    @model_validator(mode="after")
+    def _not_in_a_source(self) -> CycleSourceOrigin:
+        raise ValueError("a `cycle-source` origin refers to another source and cannot be the "
+                         "origin of an image source")
+
+
+class NoneOrigin(Strict):
+    type: Literal["none"]
+    details: dict[str, Any] | None = None
+
+
+Origin = Annotated[
+    DockerHubOrigin | DockerRegistryOrigin | OciRegistryOrigin | DockerFileOrigin
+    | CycleUploadOrigin | CycleSourceOrigin | NoneOrigin,
+    Field(discriminator="type"),
+]
+
+PULL_TYPES = frozenset({"docker-hub", "docker-registry", "oci-registry"})
+
+
+def origin_document(origin: BaseModel) -> dict[str, Any]:
+    """The origin as stored and shown: fields the client left out are left out."""
+    return origin.model_dump(mode="json", exclude_none=True)
+
+
+def split_secrets(document: Any, path: str = "") -> tuple[Any, dict[str, str]]:
+    """Return the document with each secret blanked, and the secrets by JSON pointer."""
+    if isinstance(document, dict):
+        public: dict[str, Any] = {}
+        secrets: dict[str, str] = {}
+        for key, value in document.items():
+            where = f"{path}/{key}"
+            if key in SECRET_FIELDS and isinstance(value, str):
+                public[key] = ""
+                if value:
+                    secrets[where] = value
+            else:
+                public[key], inner = split_secrets(value, where)
+                secrets.update(inner)
+        return public, secrets
+    if isinstance(document, list):
+        items, secrets = [], {}
+        for index, value in enumerate(document):
+            item, inner = split_secrets(value, f"{path}/{index}")
+            items.append(item)
+            secrets.update(inner)
+        return items, secrets
+    return document, {}
+
+
+def merge_secrets(public: Any, secrets: dict[str, str], path: str = "") -> Any:
+    """The inverse of `split_secrets`: the origin with its secrets back in place."""
+    if isinstance(public, dict):
+        return {k: secrets.get(f"{path}/{k}", v) if k in SECRET_FIELDS and isinstance(v, str)
+                else merge_secrets(v, secrets, f"{path}/{k}") for k, v in public.items()}
+    if isinstance(public, list):
+        return [merge_secrets(v, secrets, f"{path}/{i}") for i, v in enumerate(public)]
+    return public
+
+
+def keep_unchanged_secrets(new: dict[str, str], blanked: dict[str, Any],
+                           old: dict[str, str]) -> dict[str, str]:
+    """On update, a secret sent back blank (as every response shows it) keeps its stored value."""
+    kept = dict(new)
+    for where in old:
+        if where not in new and _blank_at(blanked, where):
+            kept[where] = old[where]
+    return kept
+
+
+def _blank_at(document: Any, where: str) -> bool:
+    node = document
+    for part in where.strip("/").split("/"):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return node == ""
+
+
+def registry_host(url: str) -> str:
+    """`https://registry.example.com:5000/` → `registry.example.com:5000`, as the engine names it."""
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{ipaddress.ip_address(host)}]"
+    return f"{host}:{parts.port}" if parts.port else host

@@ -1,0 +1,201 @@
+"""What every view shares: the request's session, body parsing, list queries and the error envelope."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from flask import Flask, g, request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException
+
+from app import errors
+from app.config import get_settings
+from app.db import new_session
+
+log = logging.getLogger("imagejobs.api")
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def db_session() -> Session:
+    """The request's session, opened on first use and closed when the request ends."""
+    if "db" not in g:
+        g.db = new_session()
+    return g.db
+
+
+def _close_session(_exc: BaseException | None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+def pointer(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as a JSON pointer, without the union-member names pydantic adds."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (
+        p.startswith("function-") or p in _UNION_TAGS))]
+    return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+# Discriminator values pydantic inserts in an error location; they are not fields of the body.
+_UNION_TAGS = {"docker-hub", "docker-registry", "oci-registry", "docker-file", "cycle-upload",
+               "cycle-source", "none", "user", "provider", "webhook", "http", "ssh"}
+
+
+def validation_error(exc: ValidationError, where: str = "body") -> errors.ApiError:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    source = pointer(first["loc"])
+    if first["type"] == "json_invalid":
+        return errors.InvalidSyntax(f"The {where} is not valid JSON: {first['msg']}.")
+    if first["type"] == "missing":
+        return errors.MissingArgument(f"`{source}` is required.", source=source)
+    message = first["msg"].removeprefix("Value error, ")
+    return errors.InvalidInput(f"`{source}`: {message}.", source=source)
+
+
+def parse_body(model: type[Model]) -> Model:
+    """The JSON body validated by `model`; any fault becomes a 4xx in the envelope."""
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise errors.InvalidContentType("Send the body as `Content-Type: application/json`.")
+    try:
+        return model.model_validate_json(request.get_data() or b"")
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+@dataclass
+class ListQuery:
+    """The list parameters of the spec: filter[...], sort, page[number]/page[size], include, meta."""
+
+    filters: dict[str, str] = field(default_factory=dict)
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (field, descending)
+    page_number: int = 1
+    page_size: int = 20
+    include: set[str] = field(default_factory=set)
+    meta: set[str] = field(default_factory=set)
+
+    @property
+    def offset(self) -> int:
+        return (self.page_number - 1) * self.page_size
+
+    def states(self) -> list[str]:
+        raw = self.filters.get("state", "")
+        return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+_BRACKETED = re.compile(r"^(filter|page)\[([a-z_\-]+)\]$")
+MAX_FILTER_LENGTH = 256
+
+
+def list_query(filters: set[str] = frozenset(), sorts: set[str] = frozenset(),
+               includes: set[str] = frozenset(), metas: set[str] = frozenset()) -> ListQuery:
+    """Parse and check the list parameters against what the endpoint offers."""
+    query = ListQuery()
+    for name, value in request.args.items(multi=True):
+        match = _BRACKETED.match(name)
+        if match and match[1] == "filter":
+            if match[2] not in filters:
+                raise errors.InvalidArgument(f"Unknown filter `{match[2]}`; this list can be "
+                                             f"filtered by {_listed(filters)}.", source=name)
+            if len(value) > MAX_FILTER_LENGTH:
+                raise errors.MaxExceeded(f"`{name}` is longer than {MAX_FILTER_LENGTH} characters.",
+                                         source=name)
+            query.filters[match[2]] = value
+        elif match and match[1] == "page":
+            _set_page(query, match[2], value)
+        elif name == "sort":
+            query.sort += [_sort_key(item, sorts) for item in value.split(",") if item.strip()]
+        elif name in ("include", "meta"):
+            allowed = includes if name == "include" else metas
+            wanted = {v.strip() for v in value.split(",") if v.strip()}
+            unknown = wanted - allowed
+            if unknown:
+                raise errors.InvalidArgument(
+                    f"Unknown {name} `{sorted(unknown)[0]}`; this endpoint offers "
+                    f"{_listed(allowed)}.", source=name)
+            getattr(query, name).update(wanted)
+    return query
+
+
+def _set_page(query: ListQuery, key: str, value: str) -> None:
+    if key not in ("number", "size"):
+        raise errors.InvalidArgument(f"Unknown page parameter `page[{key}]`.", source=f"page[{key}]")
+    try:
+        number = int(value)
+    except ValueError:
+        raise errors.InvalidArgument(f"`page[{key}]` must be a whole number.",
+                                     source=f"page[{key}]") from None
+    if number < 1:
+        raise errors.InvalidArgument(f"`page[{key}]` must be 1 or more.", source=f"page[{key}]")
+    if key == "size":
+        limit = get_settings().page_size_max
+        if number > limit:
+            raise errors.MaxExceeded(f"`page[size]` may be at most {limit}.", source="page[size]")
+        query.page_size = number
+    else:
+        query.page_number = number
+
+
+def _sort_key(item: str, sorts: set[str]) -> tuple[str, bool]:
+    item = item.strip()
+    descending = item.startswith("-")
+    name = item.lstrip("-+")
+    if name not in sorts:
+        raise errors.InvalidArgument(f"Cannot sort by `{name}`; sort by {_listed(sorts)}.",
+                                     source="sort")
+    return name, descending
+
+
+def _listed(names: set[str]) -> str:
+    return ", ".join(f"`{n}`" for n in sorted(names)) or "nothing"
+
+
+def _render(exc: errors.ApiError) -> tuple[dict[str, Any], int]:
+    return exc.envelope(), exc.status
+
+
+_HTTP_ERRORS: dict[int, type[errors.ApiError]] = {
+    400: errors.InvalidSyntax, 404: errors.UriNotFound, 405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge, 415: errors.InvalidContentType,
+}
+
+
+def _render_http(exc: HTTPException) -> tuple[dict[str, Any], int]:
+    kind = _HTTP_ERRORS.get(exc.code or 500)
+    if kind is None:
+        return _render(errors.ApiError())
+    return _render(kind())
+
+
+def _render_database(exc: DBAPIError) -> tuple[dict[str, Any], int]:
+    log.error("database error: %s", type(exc.orig).__name__ if exc.orig else exc)
+    if exc.connection_invalidated or "connect" in str(exc.orig).lower():
+        return _render(errors.NotReady("The database is not reachable; try again shortly."))
+    return _render(errors.DatabaseError())
+
+
+def _render_unexpected(exc: Exception) -> tuple[dict[str, Any], int]:
+    # The trace goes to our log, never to the client.
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return _render(errors.ApiError())
+
+
+def register(app: Flask) -> None:
+    app.teardown_appcontext(_close_session)
+    app.register_error_handler(errors.ApiError, _render)
+    app.register_error_handler(HTTPException, _render_http)
+    app.register_error_handler(DBAPIError, _render_database)
+    app.register_error_handler(Exception, _render_unexpected)
+
+
+def fetch_page(query: Select, q: ListQuery, sorts: dict[str, Any], default: Any) -> list[Any]:
+    """One page of `query`, ordered as asked (then by the default order, for a stable paging)."""
+    order = [sorts[name].desc() if descending else sorts[name].asc() for name, descending in q.sort]
+    order.append(default)
+    return list(db_session().scalars(query.order_by(*order).offset(q.offset).limit(q.page_size)))

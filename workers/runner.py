@@ -1,0 +1,110 @@
+"""Running one job on a worker: claim it, keep its lease alive, record steps, finish or fail it.
+
+A task body is a thin call into `run`; the handler it passes does the work through a `JobRun`,
+which owns every state change of the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.jobs import engine as jobs
+from app.jobs.engine import Claim, LeaseLost
+from app.jobs.models import Job
+
+log = logging.getLogger("imagejobs.worker")
+
+
+class JobFailed(Exception):
+    """The job cannot succeed; `message` says why, in words for the person who asked."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def worker_name() -> str:
+    return f"{get_settings().node_id}/{socket.gethostname()}/{os.getpid()}"
+
+
+class JobRun:
+    """One claimed attempt at a job."""
+
+    def __init__(self, claim: Claim):
+        self.claim = claim
+
+    @contextmanager
+    def write(self) -> Iterator[tuple[Session, Job]]:
+        """A fenced transaction: it commits only while this attempt still holds the job."""
+        with jobs.fenced(self.claim) as (session, job):
+            yield session, job
+
+    @staticmethod
+    def step(job: Job, caption: str, description: str) -> None:
+        """Close the current step (if any) and open the next, inside a `write()`."""
+        jobs.complete_step(job)
+        jobs.start_step(job, caption, description)
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renews the lease every third of its length until stopped or the lease is lost."""
+
+    def __init__(self, claim: Claim):
+        super().__init__(name=f"lease-{claim.job_id}", daemon=True)
+        self.claim = claim
+        self.stopped = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        interval = max(1.0, get_settings().lease_seconds / 3)
+        while not self.stopped.wait(interval):
+            try:
+                if not jobs.renew(self.claim):
+                    self.lost = True
+                    log.warning("job %s: lease lost on attempt %d", self.claim.job_id,
+                                self.claim.attempt)
+                    return
+            except Exception as exc:  # the database is away: keep trying until the lease lapses
+                log.warning("job %s: lease renewal failed: %s", self.claim.job_id,
+                            type(exc).__name__)
+
+
+def run(job_id: str, handler: Callable[[JobRun], None]) -> None:
+    """Claim `job_id` and run `handler`; a job that is not ours (any more) is left alone."""
+    claim = jobs.claim(job_id, worker_name())
+    if claim is None:
+        log.info("job %s: not claimable (already running, finished, or expired)", job_id)
+        return
+    log.info("job %s: claimed (%s, attempt %d)", job_id, claim.action, claim.attempt)
+    keeper = _LeaseKeeper(claim)
+    keeper.start()
+    try:
+        handler(JobRun(claim))
+        log.info("job %s: completed", job_id)
+    except LeaseLost:
+        log.warning("job %s: another worker holds it now; this attempt stops", job_id)
+    except JobFailed as exc:
+        _fail(claim, exc.message)
+    except Exception as exc:
+        log.exception("job %s: unexpected error", job_id)
+        _fail(claim, f"The job failed on an unexpected error in the worker "
+                     f"({type(exc).__name__}); the worker log has the details under job {job_id}.")
+    finally:
+        keeper.stopped.set()
+
+
+def _fail(claim: Claim, message: str) -> None:
+    log.info("job %s: error: %s", claim.job_id, message)
+    try:
+        with jobs.fenced(claim) as (session, job):
+            jobs.fail(session, job, message)
+    except LeaseLost:
+        log.warning("job %s: could not record its error; another worker holds it", claim.job_id)

@@ -1,0 +1,1 @@
+"""One module per job action; each task takes a job id and nothing else."""
