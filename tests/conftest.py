@@ -137,7 +137,7 @@ def docker_client():
 @pytest.fixture(scope="session")
 def worker(docker_client) -> Iterator[subprocess.Popen]:
     """A real Celery worker process on every shared queue and the test node's own."""
-    log_path = ROOT / ".test-logs" / "worker.log"
+    log_path = ROOT / ".test-logs" / f"worker-{TEST_DATABASE}.log"
     log_path.parent.mkdir(exist_ok=True)
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--concurrency", "2"],
