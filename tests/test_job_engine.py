@@ -1,0 +1,173 @@
+"""The job engine in Postgres: claims, leases, fencing, the sweeper and duplicates.
+
+These drive the engine's functions directly, with jobs on a queue no worker consumes, so that
+nothing but the test moves them.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from app.db import transaction, utcnow
+from app.jobs import engine
+from app.jobs.engine import LeaseLost
+from app.jobs.services import NewTask, create_job
+from app.models import Image, ImageSource, ImageState, Job, JobState
+from tests.conftest import Tenant
+
+IDLE_QUEUE = "imagejobs-test-idle"
+
+
+def new_job(tenant: Tenant, action: str = "test.noop", subject_id: str | None = None,
+            task_input: dict | None = None) -> str:
+    with transaction() as session:
+        job = create_job(session, hub_id=tenant.hub_id, creator={"id": tenant.key_id,
+                                                                  "type": "api-key"},
+                         action=action, queue=IDLE_QUEUE, caption="test job",
+                         subject_id=subject_id,
+                         task=NewTask(header="test", caption="Test",
+                                      input=task_input or {"n": time.monotonic_ns()}))
+        return job.id
+
+
+def load(job_id: str) -> Job:
+    with transaction() as session:
+        job = session.get(Job, job_id)
+        session.expunge(job)
+        return job
+
+
+def set_job(job_id: str, **values) -> None:
+    with transaction() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def sweep_until(condition, timeout: float = 10.0) -> None:
+    """Sweep until `condition()` holds; a worker's sweeper may hold the lock for a moment."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the sweeper did not act"
+        engine.sweep()
+        time.sleep(0.1)
+
+
+def test_a_job_is_claimed_once(tenant):
+    job_id = new_job(tenant)
+    first = engine.claim(job_id, "worker-a")
+    assert first is not None and first.attempt == 1
+    assert engine.claim(job_id, "worker-b") is None
+    job = load(job_id)
+    assert job.state == JobState.RUNNING
+    assert job.lease_owner == "worker-a"
+    assert job.tasks[0]["state"]["current"] == "running"
+
+
+def test_a_finished_job_cannot_be_claimed_again(tenant):
+    job_id = new_job(tenant)
+    claim = engine.claim(job_id, "worker-a")
+    with engine.fenced(claim) as (session, job):
+        engine.complete(session, job, {"done": "yes"})
+    assert engine.claim(job_id, "worker-b") is None
+    job = load(job_id)
+    assert job.state == JobState.COMPLETED
+    assert job.tasks[0]["output"] == {"done": "yes"}
+    assert job.completed_at is not None and job.lease_owner is None
+
+
+def test_a_lapsed_lease_is_requeued_and_the_old_worker_is_fenced_out(tenant):
+    job_id = new_job(tenant)
+    old = engine.claim(job_id, "frozen-worker")
+    set_job(job_id, lease_expires=utcnow() - timedelta(seconds=1))
+    sweep_until(lambda: load(job_id).state == JobState.QUEUED)
+
+    new = engine.claim(job_id, "second-worker")
+    assert new is not None and new.attempt == old.attempt + 1
+    assert engine.renew(old) is False
+    with pytest.raises(LeaseLost), engine.fenced(old) as (session, job):
+        engine.complete(session, job)
+    assert load(job_id).state == JobState.RUNNING
+    assert engine.renew(new) is True
+
+
+def test_a_job_whose_workers_keep_dying_ends_in_error_and_frees_its_image(tenant):
+    with transaction() as session:
+        source = ImageSource(hub_id=tenant.hub_id, name="s", identifier="s",
+                             origin={"type": "none"}, creator_type="api-key",
+                             creator_id=tenant.key_id)
+        session.add(source)
+        session.flush()
+        image = Image(hub_id=tenant.hub_id, source_id=source.id, name="i",
+                      origin=source.origin, creator_type="api-key", creator_id=tenant.key_id)
+        session.add(image)
+        session.flush()
+        image_id = image.id
+    job_id = new_job(tenant, action="image.test", subject_id=image_id)
+    for attempt in range(1, 4):
+        claim = engine.claim(job_id, f"doomed-{attempt}")
+        assert claim is not None and claim.attempt == attempt
+        if attempt == 1:
+            with engine.fenced(claim) as (session, _):
+                session.get(Image, image_id).move_to(ImageState.DOWNLOADING)
+        set_job(job_id, lease_expires=utcnow() - timedelta(seconds=1))
+        sweep_until(lambda: load(job_id).state in (JobState.QUEUED, JobState.ERROR))
+
+    job = load(job_id)
+    assert job.state == JobState.ERROR
+    assert "given up after 3 attempts" in job.error_message
+    assert job.tasks[0]["error"]["message"] == job.error_message
+    with transaction() as session:
+        image = session.get(Image, image_id)
+        assert image.state == ImageState.NEW
+        assert "given up" in image.state_error
+
+
+def test_a_job_not_started_before_it_expires_ends_expired(tenant):
+    job_id = new_job(tenant)
+    set_job(job_id, expires=utcnow() - timedelta(seconds=1))
+    assert engine.claim(job_id, "late-worker") is None
+    job = load(job_id)
+    assert job.state == JobState.EXPIRED
+    assert "expired" in job.error_message
+
+
+def test_the_sweeper_expires_queued_jobs(tenant):
+    job_id = new_job(tenant)
+    set_job(job_id, expires=utcnow() - timedelta(seconds=1))
+    sweep_until(lambda: load(job_id).state == JobState.EXPIRED)
+
+
+def test_an_unpublished_job_is_published_by_the_sweeper(tenant):
+    job_id = new_job(tenant)
+    assert load(job_id).published_at is None  # nothing published it: as if the API died here
+    sweep_until(lambda: load(job_id).published_at is not None)
+    assert load(job_id).state == JobState.QUEUED
+
+
+def test_an_equal_unfinished_job_is_returned_instead_of_a_second(tenant):
+    first = new_job(tenant, task_input={"image_id": "x"})
+    assert new_job(tenant, task_input={"image_id": "x"}) == first
+    claim = engine.claim(first, "worker")
+    with engine.fenced(claim) as (session, job):
+        engine.complete(session, job)
+    assert new_job(tenant, task_input={"image_id": "x"}) != first
+
+
+def test_steps_are_recorded_with_real_times(tenant):
+    job_id = new_job(tenant)
+    claim = engine.claim(job_id, "worker")
+    with engine.fenced(claim) as (_, job):
+        engine.start_step(job, "One", "first")
+    with engine.fenced(claim) as (session, job):
+        engine.complete_step(job)
+        engine.start_step(job, "Two", "second")
+    with engine.fenced(claim) as (session, job):
+        engine.complete(session, job)
+    steps = load(job_id).tasks[0]["steps"]
+    assert [s["caption"] for s in steps] == ["One", "Two"]
+    times = [t for s in steps for t in (s["started"], s["completed"])]
+    assert "0001-01-01T00:00:00Z" not in times
+    assert times == sorted(times)
