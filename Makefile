@@ -34,10 +34,10 @@ run: install ## Start the API on http://127.0.0.1:8000 and a worker
 	$(BIN)/imagejobs dev
 
 test: install services ## Run the whole test suite against the real services
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --ignore=tests/conformance $(PYTEST_ARGS)
 
 conformance: install ## Compare the API with the Cycle spec extract (SPEC_DIR)
-	IMAGEJOBS_SPEC_DIR=$(SPEC_DIR) $(BIN)/pytest conformance $(PYTEST_ARGS)
+	IMAGEJOBS_SPEC_DIR=$(SPEC_DIR) $(BIN)/pytest tests/conformance $(PYTEST_ARGS)
 
 lint: install ## ruff
 	$(BIN)/ruff check app workers tests

@@ -94,6 +94,8 @@ def api_command(host: str, port: int, workers: int) -> list[str]:
 def worker_command(queues: str, concurrency: int) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
             "--queues", queues, "--concurrency", str(concurrency), "--loglevel", "INFO",
+            # Workers coordinate through Postgres; Celery's worker-to-worker chatter adds nothing.
+            "--without-mingle", "--without-gossip",
             "--hostname", f"imagejobs@{get_settings().node_id}-%h-{os.getpid()}"]
 
 

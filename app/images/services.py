@@ -42,6 +42,8 @@ def create_image(session: Session, hub_id: str, creator: dict[str, str], body: I
 
 
 def get_image(session: Session, hub_id: str, image_id: str, *, lock: bool = False) -> Image:
+    if "\x00" in image_id:  # no id holds it, and Postgres would refuse the query
+        raise errors.ImageNotFound("No image with that id in this hub.")
     query = select(Image).where(Image.id == image_id, Image.hub_id == hub_id)
     image = session.scalar(query.with_for_update() if lock else query)
     if image is None:
@@ -93,6 +95,8 @@ def images_query(hub_id: str, filters: dict[str, str], states: list[str]) -> Sel
         query = query.where(Image.state.in_(states))
     else:
         query = query.where(Image.state != ImageState.DELETED)
+    if any("\x00" in value for value in filters.values()):
+        return query.where(False)  # nothing stored holds a NUL, and Postgres would refuse it
     if "source_id" in filters:
         query = query.where(Image.source_id == filters["source_id"])
     if "source_type" in filters and filters["source_type"] != "direct":
