@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,14 @@ def new_id() -> str:
         counter = _counter
     return (int(time.time()).to_bytes(4, "big") + _process_random
             + counter.to_bytes(3, "big")).hex()
+
+
+_ID = re.compile(r"[0-9a-f]{24}")
+
+
+def is_id(value: str) -> bool:
+    """Whether `value` could be an id at all (the rest cannot exist, and some, NUL, Postgres refuses)."""
+    return _ID.fullmatch(value) is not None
 
 
 def utcnow() -> datetime:

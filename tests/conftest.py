@@ -139,9 +139,10 @@ def worker(docker_client) -> Iterator[subprocess.Popen]:
     """A real Celery worker process on every shared queue and the test node's own."""
     log_path = ROOT / ".test-logs" / f"worker-{TEST_DATABASE}.log"
     log_path.parent.mkdir(exist_ok=True)
-    log = open(log_path, "w")
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--concurrency", "2"],
-                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ)
+    with open(log_path, "w") as log:  # the worker keeps its own copy of the descriptor
+        process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--concurrency",
+                                    "2"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                   env=os.environ)
     deadline = time.monotonic() + 60
     while "ready." not in log_path.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -153,7 +154,6 @@ def worker(docker_client) -> Iterator[subprocess.Popen]:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
-    log.close()
 
 
 DOCKERFILE = """\

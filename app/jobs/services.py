@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app import errors
 from app.config import get_settings
-from app.db import like_pattern, new_id, rfc3339, utcnow
+from app.db import is_id, like_pattern, new_id, rfc3339, utcnow
 from app.jobs import queueing
 from app.jobs.models import ACTIVE, Job, JobState
 
@@ -87,7 +87,8 @@ def publish(session: Session, job: Job) -> bool:
 
 
 def get_job(session: Session, hub_id: str, job_id: str) -> Job:
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.hub_id == hub_id))
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.hub_id == hub_id)
+                         ) if is_id(job_id) else None
     if job is None:
         raise errors.JobNotFound(f"No job `{job_id[:64]}` in this hub.")
     return job

@@ -49,10 +49,7 @@ def _import(job_run: JobRun) -> None:
             attrs = engine.inspect(file_id)
 
             with job_run.write() as (session, job):
-                image = session.get(Image, image_id, with_for_update=True)
-                image.move_to(ImageState.SAVING)
-                image.config = image_config(attrs)
-                image.size = int(attrs.get("Size") or 0)
+                session.get(Image, image_id, with_for_update=True).move_to(ImageState.SAVING)
                 job_run.step(job, "Save", "Tagging the image in the engine of this node")
             file_name = f"imagejobs/{image_id}:latest"
             engine.tag(file_id, f"imagejobs/{image_id}", "latest")
@@ -61,6 +58,9 @@ def _import(job_run: JobRun) -> None:
 
     with job_run.write() as (session, job):
         image = session.get(Image, image_id, with_for_update=True)
+        # Config, size and backend change together, so a failed re-import keeps the old ones.
+        image.config = image_config(attrs)
+        image.size = int(attrs.get("Size") or 0)
         image.backend_provider = "docker"
         image.backend_file_name = file_name
         image.backend_file_id = file_id
@@ -103,9 +103,10 @@ def image_config(attrs: dict[str, Any]) -> dict[str, Any]:
     """The spec's image config from the engine's inspect of the image."""
     config = attrs.get("Config") or {}
     ports = []
-    for spec in sorted(config.get("ExposedPorts") or {}):
+    for spec in config.get("ExposedPorts") or {}:
         port, _, protocol = spec.partition("/")
         ports.append({"host": int(port), "container": int(port), "type": protocol or "tcp"})
+    ports.sort(key=lambda p: (p["container"], p["type"]))
     env = {}
     for item in config.get("Env") or []:
         name, _, value = item.partition("=")

@@ -1,0 +1,84 @@
+"""Calls the image tests share: make sources and images through the API, import them, read errors."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from tests.conftest import AUTH_REGISTRY, REGISTRY
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def registry_origin(target: str, url: str = REGISTRY, **credentials: str) -> dict[str, Any]:
+    """A `docker-registry` origin; `credentials` are `username`, `password` or `token`."""
+    return {"type": "docker-registry",
+            "details": {"url": f"http://{url}", "target": target, **credentials}}
+
+
+def oci_origin(target: str, url: str = AUTH_REGISTRY, **user: str) -> dict[str, Any]:
+    """An `oci-registry` origin with `user` auth (`username`, `token`) when given."""
+    details: dict[str, Any] = {"url": f"http://{url}", "target": target}
+    if user:
+        details["auth"] = {"type": "user", "details": user}
+    return {"type": "oci-registry", "details": details}
+
+
+def repository_path(reference: str) -> str:
+    """`127.0.0.1:5000/tests/app:v1` → `tests/app:v1`: the target as a registry source names it."""
+    return reference.partition("/")[2]
+
+
+def create_source(api, origin: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    response = api.post("/v1/images/sources", json={"type": "direct", "origin": origin, **fields})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["data"]
+
+
+def create_image(api, source_id: str, **fields: Any) -> dict[str, Any]:
+    response = api.post("/v1/images", json={"source_id": source_id, **fields})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["data"]
+
+
+def image_from(api, origin: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A new image of a new source with `origin`."""
+    return create_image(api, create_source(api, origin)["id"], **fields)
+
+
+def import_image(api, image_id: str) -> dict[str, Any]:
+    """Queue the import; returns the Job Descriptor."""
+    response = api.post(f"/v1/images/{image_id}/tasks", json={"action": "import"})
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["data"]
+
+
+def import_and_wait(api, image_id: str) -> dict[str, Any]:
+    """Import the image and wait for its job to end; returns the job document."""
+    return api.wait_for_job(import_image(api, image_id)["job"]["id"])
+
+
+def get_image(api, image_id: str) -> dict[str, Any]:
+    response = api.get(f"/v1/images/{image_id}")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["data"]
+
+
+def listed_ids(response) -> list[str]:
+    assert response.status_code == 200, response.get_json()
+    return [item["id"] for item in response.get_json()["data"]]
+
+
+def assert_error(response, status: int, code: str) -> dict[str, Any]:
+    """The response is the error envelope with this status and code; returns its `error`."""
+    document = response.get_json()
+    assert response.status_code == status, document
+    assert document["data"] is None
+    assert document["error"]["status"] == status
+    assert document["error"]["code"] == code
+    return document["error"]
+
+
+def parse_time(value: str) -> datetime:
+    assert value != ZERO_TIME, "an event that happened has a real time"
+    return datetime.fromisoformat(value)
