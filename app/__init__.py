@@ -20,6 +20,8 @@ def create_app() -> Flask:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = get_settings().max_body_bytes
+    # OPTIONS would otherwise be answered by Flask with an empty HTML page.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.json.sort_keys = False
     web.register(app)
     # Sources before images: /v1/images/sources must not be taken for an image id.

@@ -36,15 +36,22 @@ def _close_session(_exc: BaseException | None) -> None:
 
 
 def pointer(loc: tuple[Any, ...]) -> str:
-    """A pydantic error location as a JSON pointer, without the union-member names pydantic adds."""
-    parts = [str(p) for p in loc if not (isinstance(p, str) and (
-        p.startswith("function-") or p in _UNION_TAGS))]
+    """A pydantic error location as a JSON pointer.
+
+    Pydantic puts the chosen member of a discriminated union (`origin`, `auth`) into the
+    location, right after the field; that tag is not a field of the body, so it is dropped.
+    """
+    parts: list[str] = []
+    for index, part in enumerate(loc):
+        if isinstance(part, str) and (part.startswith("function-") or (
+                index > 0 and loc[index - 1] in _DISCRIMINATED_FIELDS)):
+            continue
+        parts.append(str(part))
     return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-# Discriminator values pydantic inserts in an error location; they are not fields of the body.
-_UNION_TAGS = {"docker-hub", "docker-registry", "oci-registry", "docker-file", "cycle-upload",
-               "cycle-source", "none", "user", "provider", "webhook", "http", "ssh"}
+# Fields holding a discriminated union, after which pydantic inserts the member's tag.
+_DISCRIMINATED_FIELDS = {"origin", "auth"}
 
 
 def validation_error(exc: ValidationError, where: str = "body") -> errors.ApiError:
@@ -52,7 +59,11 @@ def validation_error(exc: ValidationError, where: str = "body") -> errors.ApiErr
     source = pointer(first["loc"])
     if first["type"] == "json_invalid":
         return errors.InvalidSyntax(f"The {where} is not valid JSON: {first['msg']}.")
-    if first["type"] == "missing":
+    if first["type"] in ("union_tag_not_found", "union_tag_invalid"):
+        # The fault is in the discriminator field (`type`), not in the object holding it.
+        source = source.rstrip("/") + "/" + str(first.get("ctx", {}).get("discriminator", "type")
+                                                ).strip("'")
+    if first["type"] in ("missing", "union_tag_not_found"):
         return errors.MissingArgument(f"`{source}` is required.", source=source)
     message = first["msg"].removeprefix("Value error, ")
     return errors.InvalidInput(f"`{source}`: {message}.", source=source)
@@ -64,9 +75,33 @@ def parse_body(model: type[Model]) -> Model:
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise errors.InvalidContentType("Send the body as `Content-Type: application/json`.")
     try:
-        return model.model_validate_json(request.get_data() or b"")
+        parsed = model.model_validate_json(request.get_data() or b"")
     except ValidationError as exc:
         raise validation_error(exc) from None
+    where = _nul_at(parsed.model_dump(mode="json"))
+    if where is not None:
+        raise errors.InvalidInput(f"`{where}` contains a NUL character.", source=where)
+    return parsed
+
+
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """The JSON pointer of the first string (or key) holding U+0000, which Postgres cannot store."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        where = f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"
+        if "\x00" in str(key):
+            return where
+        found = _nul_at(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass
@@ -89,8 +124,10 @@ class ListQuery:
         return [s.strip() for s in raw.split(",") if s.strip()]
 
 
-_BRACKETED = re.compile(r"^(filter|page)\[([a-z_\-]+)\]$")
+_BRACKETED = re.compile(r"^(filter|page)\[(.*)\]$", re.DOTALL)
 MAX_FILTER_LENGTH = 256
+# Far beyond any real list, and small enough that the row offset fits Postgres' bigint.
+MAX_PAGE_NUMBER = 1_000_000_000
 
 
 def list_query(filters: set[str] = frozenset(), sorts: set[str] = frozenset(),
@@ -98,6 +135,9 @@ def list_query(filters: set[str] = frozenset(), sorts: set[str] = frozenset(),
     """Parse and check the list parameters against what the endpoint offers."""
     query = ListQuery()
     for name, value in request.args.items(multi=True):
+        if "\x00" in name or "\x00" in value:
+            raise errors.InvalidArgument("Query parameters may not contain NUL characters.",
+                                         source=name.replace("\x00", ""))
         match = _BRACKETED.match(name)
         if match and match[1] == "filter":
             if match[2] not in filters:
@@ -139,6 +179,9 @@ def _set_page(query: ListQuery, key: str, value: str) -> None:
             raise errors.MaxExceeded(f"`page[size]` may be at most {limit}.", source="page[size]")
         query.page_size = number
     else:
+        if number > MAX_PAGE_NUMBER:
+            raise errors.MaxExceeded(f"`page[number]` may be at most {MAX_PAGE_NUMBER}.",
+                                     source="page[number]")
         query.page_number = number
 
 

@@ -69,14 +69,20 @@ def listed_ids(response) -> list[str]:
     return [item["id"] for item in response.get_json()["data"]]
 
 
-def assert_error(response, status: int, code: str) -> dict[str, Any]:
-    """The response is the error envelope with this status and code; returns its `error`."""
+def assert_error(response, status: int, code: str, source: str | None = None) -> dict[str, Any]:
+    """The response is the spec's error envelope with this status and code (never HTML or a 500).
+
+    Returns its `error`; `source`, when given, is the JSON pointer it must name.
+    """
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json, response.get_data(as_text=True)
     document = response.get_json()
-    assert response.status_code == status, document
-    assert document["data"] is None
-    assert document["error"]["status"] == status
-    assert document["error"]["code"] == code
-    return document["error"]
+    assert set(document) == {"error", "data"} and document["data"] is None
+    error = document["error"]
+    assert error["status"] == status and error["code"] == code and error["title"]
+    if source is not None:
+        assert error["source"] == source
+    return error
 
 
 def parse_time(value: str) -> datetime:

@@ -41,7 +41,7 @@ def server(docker_client):
         try:
             if requests.get(f"{base}/v1/health", timeout=1).ok:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or still starting
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()

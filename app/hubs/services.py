@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.db import is_id
 from app.hubs.models import ApiKey, Capability, Hub
 
 _SECRET_PREFIX = "ij_"
@@ -45,6 +46,8 @@ def key_for_secret(session: Session, secret: str) -> ApiKey | None:
     if not secret.startswith(_SECRET_PREFIX) or len(secret) > 200:
         return None
     key_id = secret[len(_SECRET_PREFIX):].split("_", 1)[0]
+    if not is_id(key_id):
+        return None
     key = session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked.is_(None)))
     if key is None or not hmac.compare_digest(key.secret_hash, _hash(secret)):
         return None

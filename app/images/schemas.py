@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.sources.origins import HttpUrl, ImageTarget
 
-
-def _no_nul(value: str) -> str:
-    # Postgres cannot store U+0000 in text or JSONB: refuse it here rather than fail the insert.
-    if "\x00" in value:
-        raise ValueError("must not contain the NUL character (U+0000)")
-    return value
-
-
-NoNul = AfterValidator(_no_nul)
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256), NoNul]
-BuildArgName = Annotated[str, StringConstraints(min_length=1, max_length=256), NoNul]
-BuildArgValue = Annotated[str, StringConstraints(max_length=4096), NoNul]
-Id = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+BuildArgName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+BuildArgValue = Annotated[str, StringConstraints(max_length=4096)]
 
 
 class Strict(BaseModel):
@@ -33,13 +23,13 @@ class Build(Strict):
 
 
 class Override(Strict):
-    target: Annotated[ImageTarget, NoNul] | None = None
-    targz_url: Annotated[HttpUrl, NoNul] | None = None
+    target: ImageTarget | None = None
+    targz_url: HttpUrl | None = None
 
 
 class ImageCreate(Strict):
     name: Name | None = None
-    source_id: Id
+    source_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     build: Build | None = None
     override: Override | None = None
 
@@ -58,7 +48,8 @@ class ImagesTask(Strict):
 
 
 class PruneContents(Strict):
-    source_ids: list[Id] = Field(min_length=1, max_length=100)
+    source_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=100)
     dry_run: bool = False
 
 

@@ -6,7 +6,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from app import errors
-from app.db import like_pattern
+from app.db import is_id, like_pattern
 from app.images.models import Image, ImageState
 from app.images.schemas import ImageCreate
 from app.jobs import queueing
@@ -42,8 +42,9 @@ def create_image(session: Session, hub_id: str, creator: dict[str, str], body: I
 
 
 def get_image(session: Session, hub_id: str, image_id: str, *, lock: bool = False) -> Image:
-    if "\x00" in image_id:  # no id holds it, and Postgres would refuse the query
-        raise errors.ImageNotFound("No image with that id in this hub.")
+    if not is_id(image_id):
+        # No such id can exist; and Postgres refuses some strings (NUL) outright.
+        raise errors.ImageNotFound(f"No image `{image_id[:64]}` in this hub.")
     query = select(Image).where(Image.id == image_id, Image.hub_id == hub_id)
     image = session.scalar(query.with_for_update() if lock else query)
     if image is None:
@@ -95,8 +96,6 @@ def images_query(hub_id: str, filters: dict[str, str], states: list[str]) -> Sel
         query = query.where(Image.state.in_(states))
     else:
         query = query.where(Image.state != ImageState.DELETED)
-    if any("\x00" in value for value in filters.values()):
-        return query.where(False)  # nothing stored holds a NUL, and Postgres would refuse it
     if "source_id" in filters:
         query = query.where(Image.source_id == filters["source_id"])
     if "source_type" in filters and filters["source_type"] != "direct":

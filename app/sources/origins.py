@@ -243,7 +243,6 @@ class CycleSourceOrigin(Strict):
 
 class NoneOrigin(Strict):
     type: Literal["none"]
-    details: dict[str, Any] | None = None
 
 
 Origin = Annotated[
@@ -303,6 +302,22 @@ def keep_unchanged_secrets(new: dict[str, str], blanked: dict[str, Any],
         if where not in new and _blank_at(blanked, where):
             kept[where] = old[where]
     return kept
+
+
+def urls(document: Any, path: str = "") -> dict[str, Any]:
+    """Every `url` in an origin by JSON pointer: the places its secrets are sent to."""
+    if isinstance(document, dict):
+        found: dict[str, Any] = {}
+        for key, value in document.items():
+            where = f"{path}/{key}"
+            if key == "url":
+                found[where] = value
+            else:
+                found.update(urls(value, where))
+        return found
+    if isinstance(document, list):
+        return {k: v for i, item in enumerate(document) for k, v in urls(item, f"{path}/{i}").items()}
+    return {}
 
 
 def _blank_at(document: Any, where: str) -> bool:

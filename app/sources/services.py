@@ -9,13 +9,13 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from app import errors, vault
-from app.db import like_pattern
+from app.db import is_id, like_pattern
 from app.images.models import Image, ImageState
 from app.jobs import queueing
 from app.jobs.models import Job
 from app.jobs.services import NewTask, create_job
 from app.sources.models import ImageSource, SourceState
-from app.sources.origins import keep_unchanged_secrets, origin_document, split_secrets
+from app.sources.origins import keep_unchanged_secrets, origin_document, split_secrets, urls
 from app.sources.schemas import SourceCreate, SourceUpdate
 
 
@@ -49,12 +49,22 @@ def create_source(session: Session, hub_id: str, creator: dict[str, str],
 def _seal_origin(origin_model: Any, previous: ImageSource | None) -> tuple[dict, bytes | None]:
     public, secrets = split_secrets(origin_document(origin_model))
     if previous is not None and previous.origin_type == public["type"]:
-        secrets = keep_unchanged_secrets(secrets, public, vault.unseal(previous.origin_secrets))
+        kept = keep_unchanged_secrets(secrets, public, vault.unseal(previous.origin_secrets))
+        if kept != secrets and urls(public) != urls(previous.origin):
+            # A blank secret keeps its stored value only for the same destination: otherwise
+            # anyone who may edit the source could send the secret to a server of their own.
+            where = "/origin" + sorted(set(kept) - set(secrets))[0]
+            raise errors.InvalidInput(f"`{where}` is blank but the origin's `url` changed; send "
+                                      "the secret again for the new address.", source=where)
+        secrets = kept
     return public, vault.seal(secrets)
 
 
 def get_source(session: Session, hub_id: str, source_id: str, *, lock: bool = False
                ) -> ImageSource:
+    if not is_id(source_id):
+        # No such id can exist; and Postgres refuses some strings (NUL) outright.
+        raise errors.SourceNotFound(f"No image source `{source_id[:64]}` in this hub.")
     query = select(ImageSource).where(ImageSource.id == source_id, ImageSource.hub_id == hub_id)
     source = session.scalar(query.with_for_update() if lock else query)
     if source is None:
