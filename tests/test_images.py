@@ -389,3 +389,25 @@ def test_an_imported_image_has_no_build_log(api, worker, pushed_image):
     assert import_and_wait(api, image["id"])["state"]["current"] == "completed"
 
     assert_error(api.get(f"/v1/images/{image['id']}/build-log"), 404, "404.image.build-log")
+
+
+def test_the_jobs_list_filters_by_a_time_range(api, source):
+    job = import_image(api, create_image(api, source["id"])["id"])["job"]
+    queued = api.get(f"/v1/jobs/{job['id']}").get_json()["data"]["events"]["queued"]
+
+    assert listed_ids(api.get(f"/v1/jobs?filter[range-start]={queued}")) == [job["id"]]
+    assert listed_ids(api.get("/v1/jobs?filter[range-end]=2000-01-01T00:00:00Z")) == []
+    assert listed_ids(api.get("/v1/jobs?filter[range-start]=2000-01-01T00:00:00Z"
+                              f"&filter[range-end]={queued}")) == [job["id"]]
+    assert_error(api.get("/v1/jobs?filter[range-start]=yesterday"), 422, "422.invalid-argument",
+                 source="filter[range-start]")
+
+
+def test_images_are_found_by_their_sources_identifier(api, other_api):
+    mine = create_source(api, registry_origin(ABSENT), identifier="web-app")
+    image = create_image(api, mine["id"])
+    create_image(api, create_source(api, registry_origin(ABSENT), identifier="worker")["id"])
+    foreign = create_source(other_api, registry_origin(ABSENT), identifier="web-app")
+    create_image(other_api, foreign["id"])
+
+    assert listed_ids(api.get("/v1/images?filter[identifier]=web-app")) == [image["id"]]

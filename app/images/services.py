@@ -12,7 +12,7 @@ from app.images.schemas import ImageCreate
 from app.jobs import queueing
 from app.jobs.models import Job
 from app.jobs.services import NewTask, create_job
-from app.sources.models import SourceState
+from app.sources.models import ImageSource, SourceState
 from app.sources.origins import PULL_TYPES
 from app.sources.services import get_source
 
@@ -96,6 +96,9 @@ def images_query(hub_id: str, filters: dict[str, str], states: list[str]) -> Sel
         query = query.where(Image.state.in_(states))
     else:
         query = query.where(Image.state != ImageState.DELETED)
+    if "identifier" in filters:  # images answer to their source's identifier
+        query = query.where(Image.source_id.in_(select(ImageSource.id).where(
+            ImageSource.hub_id == hub_id, ImageSource.identifier == filters["identifier"])))
     if "source_id" in filters:
         query = query.where(Image.source_id == filters["source_id"])
     if "source_type" in filters and filters["source_type"] != "direct":

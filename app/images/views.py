@@ -81,7 +81,7 @@ INCLUDES = {"creators", "sources"}
 @blueprint.get("")
 @requires(Capability.IMAGES_VIEW)
 def list_images():
-    q = list_query(filters={"state", "source_id", "search", "source_type"},
+    q = list_query(filters={"state", "source_id", "search", "source_type", "identifier"},
                    sorts=set(services.IMAGE_SORTS), includes=INCLUDES)
     query = services.images_query(current().hub_id, q.filters, q.states())
     images = fetch_page(query, q, services.IMAGE_SORTS, Image.id.desc())

@@ -18,9 +18,10 @@ blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 @blueprint.get("")
 @requires(Capability.JOBS_VIEW)
 def list_jobs():
-    q = list_query(filters={"state", "search"}, sorts=set(services.JOB_SORTS),
+    q = list_query(filters={"state", "search", "range-start", "range-end"},
+                   sorts=set(services.JOB_SORTS),
                    includes={"creators"})
-    query = services.jobs_query(current().hub_id, q.states(), q.filters.get("search"))
+    query = services.jobs_query(current().hub_id, q.filters, q.states())
     jobs = fetch_page(query, q, services.JOB_SORTS, Job.id.desc())
     result = {"data": [job_document(j) for j in jobs]}
     if "creators" in q.include:

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from app.db import ZERO_TIME
+
 SECRET_FIELDS = frozenset({"token", "password", "passphrase", "private_key", "api_key", "secret",
                            "config"})
 
@@ -72,8 +74,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+ObjectId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$")]
+
+
 class ExistingSource(Strict):
-    source_id: Text | None = None
+    source_id: ObjectId | None = None
 
 
 class DockerHubDetails(Strict):
@@ -256,6 +261,9 @@ PULL_TYPES = frozenset({"docker-hub", "docker-registry", "oci-registry"})
 
 def origin_document(origin: BaseModel) -> dict[str, Any]:
     """The origin as stored and shown: fields the client left out are left out."""
+    if isinstance(origin, CycleUploadOrigin):
+        # A source of uploads holds no token: each image gets its own, shown once when made.
+        return {"type": "cycle-upload", "details": {"expires": ZERO_TIME, "token": ""}}
     return origin.model_dump(mode="json", exclude_none=True)
 
 

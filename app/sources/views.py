@@ -21,10 +21,6 @@ blueprint = Blueprint("sources", __name__, url_prefix="/v1/images/sources")
 
 
 def source_document(source: ImageSource) -> dict[str, Any]:
-    origin = source.origin
-    if origin["type"] == "cycle-upload":
-        # Tokens are made per image; the source itself holds none.
-        origin = {"type": "cycle-upload", "details": {"expires": rfc3339(None), "token": ""}}
     state: dict[str, Any] = {"current": source.state, "changed": rfc3339(source.state_changed)}
     if source.state_error:
         state["error"] = {"message": source.state_error}
@@ -35,7 +31,7 @@ def source_document(source: ImageSource) -> dict[str, Any]:
         "hub_id": source.hub_id,
         "name": source.name,
         "about": {"description": source.about_description},
-        "origin": origin,
+        "origin": source.origin,
         "builder": source.builder,
         "creator": {"id": source.creator_id, "type": source.creator_type},
         "acl": source.acl,
