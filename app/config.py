@@ -67,6 +67,21 @@ class Settings:
     page_size_max: int = field(default_factory=lambda: _int("IMAGEJOBS_PAGE_SIZE_MAX", 100))
     max_body_bytes: int = field(
         default_factory=lambda: _int("IMAGEJOBS_MAX_BODY_BYTES", 1024 * 1024))
+    # Build logs: the most characters kept per image, and how often lines are written out.
+    build_log_max_chars: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_BUILD_LOG_MAX_CHARS", 4 * 1024 * 1024))
+    build_log_flush_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("IMAGEJOBS_BUILD_LOG_FLUSH_SECONDS") or 0.5))
+    # Build contexts: the largest download, the largest expanded size and member count of an
+    # archive, and how long a download may wait for an answer.
+    context_max_download_bytes: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_CONTEXT_MAX_DOWNLOAD", 512 * 1024 * 1024))
+    context_max_expanded_bytes: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_CONTEXT_MAX_EXPANDED", 2 * 1024 * 1024 * 1024))
+    context_max_members: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_CONTEXT_MAX_MEMBERS", 100_000))
+    fetch_timeout_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_FETCH_TIMEOUT", 30))
+    git_timeout_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_GIT_TIMEOUT", 600))
     # Engine calls (a pull of a large image) may take this long before the job errors.
     engine_timeout_seconds: int = field(
         default_factory=lambda: _int("IMAGEJOBS_ENGINE_TIMEOUT", 1800))

@@ -36,20 +36,27 @@ def server(docker_client):
         process = subprocess.Popen([sys.executable, "-m", "app.cli", "dev", "--port", str(port)],
                                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(base):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"imagejobs dev did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
         try:
-            if requests.get(f"{base}/v1/health", timeout=1).ok:
-                break
-        except requests.RequestException:  # not listening yet, or still starting
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
             process.kill()
-            raise RuntimeError(f"imagejobs dev did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.3)
-    yield base
-    process.terminate()
-    assert process.wait(timeout=40) is not None
+            raise
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/v1/health", timeout=5).ok
+    except requests.RequestException:  # not listening yet, or still starting
+        return False
 
 
 def test_quick_start_imports_an_image_from_the_local_registry(server, pushed_image):

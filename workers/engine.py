@@ -6,8 +6,9 @@ saying whether trying again later may help.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import docker
 import docker.errors
@@ -71,6 +72,46 @@ class Engine:
                 docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
 
+    def login(self, auth: RegistryAuth) -> None:
+        """Check credentials with their registry and keep them for this client's builds."""
+        try:
+            self.client.login(username=auth.username, password=auth.password,
+                              registry=auth.server, reauth=True)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"The registry {auth.server} refused the credentials of the image "
+                              f"source ({exc.explanation or exc}).",
+                              transient=_looks_unreachable(str(exc.explanation))) from None
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            raise _unavailable(self.base_url, exc) from None
+
+    def build(self, context: IO[bytes], *, dockerfile: str, buildargs: dict[str, str],
+              tag: str, on_output: Callable[[str], None]) -> str:
+        """Build a packed context; every line the engine prints goes to `on_output`.
+
+        Returns the image id; a failing step raises `BuildFailed` with the engine's words.
+        """
+        image_id = None
+        try:
+            for event in self.client.api.build(
+                    fileobj=context, custom_context=True, dockerfile=dockerfile,
+                    buildargs=buildargs, tag=tag, rm=True, forcerm=True, decode=True,
+                    pull=False):
+                if "stream" in event:
+                    on_output(event["stream"])
+                elif "status" in event and "progressDetail" not in event:
+                    on_output(f"{event['status']} {event.get('id', '')}".rstrip() + "\n")
+                elif "error" in event:
+                    on_output(f"ERROR: {event['error']}\n")
+                    raise BuildFailed(event["error"].strip())
+                elif "ID" in (event.get("aux") or {}):
+                    image_id = event["aux"]["ID"]
+            return image_id or self.client.api.inspect_image(tag)["Id"]
+        except docker.errors.APIError as exc:
+            raise BuildFailed((exc.explanation or str(exc)).strip()) from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                docker.errors.DockerException) as exc:
+            raise _unavailable(self.base_url, exc) from None
+
     def inspect(self, image_id: str) -> dict[str, Any]:
         try:
             return self.client.api.inspect_image(image_id)
@@ -84,6 +125,19 @@ class Engine:
             self.client.api.tag(image_id, repository, tag, force=True)
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
+
+
+class BuildFailed(EngineError):
+    """The build itself failed (a step, the Dockerfile, a base image): not worth retrying."""
+
+
+def _looks_unreachable(text: str) -> bool:
+    return any(s in text.lower() for s in _UNREACHABLE)
+
+
+_UNREACHABLE = ("connection refused", "no such host", "timeout", "i/o timeout", "dial tcp",
+                "connection reset", "eof", "tls", "server gave http", "service unavailable",
+                "bad gateway", "500 internal")
 
 
 def pull_error(reference: str, detail: str, auth: RegistryAuth | None) -> EngineError:
@@ -100,9 +154,7 @@ def pull_error(reference: str, detail: str, auth: RegistryAuth | None) -> Engine
                                "name unknown", "repository name not known")):
         return EngineError(f"The image `{reference}` does not exist in its registry, or that "
                            f"tag does not (registry said: {detail}).")
-    if any(s in text for s in ("connection refused", "no such host", "timeout", "i/o timeout",
-                               "dial tcp", "connection reset", "eof", "tls", "server gave http",
-                               "service unavailable", "bad gateway", "500 internal")):
+    if _looks_unreachable(text):
         return EngineError(f"The registry of `{reference}` could not be reached or did not "
                            f"answer properly: {detail}", transient=True)
     if "invalid reference format" in text:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, select
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from app import errors
 from app.db import is_id, like_pattern
-from app.images.models import Image, ImageState
+from app.images.models import BuildLog, Image, ImageState
 from app.images.schemas import ImageCreate
 from app.jobs import queueing
 from app.jobs.models import Job
@@ -72,11 +75,16 @@ def import_image(session: Session, hub_id: str, creator: dict[str, str], image_i
     if kind == "cycle-upload":
         raise errors.InvalidArgument("Images of `cycle-upload` sources are imported by "
                                      "uploading their tar, not by an import task.")
-    if kind not in PULL_TYPES:
-        raise errors.InvalidArgument(f"Importing images of `{kind}` sources is not available "
-                                     "in this version.")
+    if kind == "docker-file":
+        details = image.origin.get("details") or {}
+        if not (details.get("repo") or details.get("targz_url")
+                or (image.override or {}).get("targz_url")):
+            raise errors.InvalidArgument("The image's `docker-file` source has neither a `repo` "
+                                         "nor a `targz_url`, and the image no "
+                                         "`override.targz_url`: there is nothing to build.")
+    queue = queueing.BUILD_QUEUE if kind == "docker-file" else queueing.PULL_QUEUE
     return create_job(session, hub_id=hub_id, creator=creator, action="image.import",
-                      queue=queueing.PULL_QUEUE, caption=f"Import image {image.name}",
+                      queue=queue, caption=f"Import image {image.name}",
                       subject_id=image.id,
                       task=NewTask(header="import", caption="Import image",
                                    input={"image_id": image.id}))
@@ -108,3 +116,28 @@ def images_query(hub_id: str, filters: dict[str, str], states: list[str]) -> Sel
         query = query.where(Image.name.ilike(pattern) | (Image.id == filters["search"])
                             | Image.backend_file_name.ilike(pattern))
     return query
+
+
+@dataclass(frozen=True)
+class BuildLogSlice:
+    """A build log read from an offset: only the text past it leaves the database."""
+
+    id: str
+    hub_id: str
+    image_id: str
+    text: str
+    length: int
+    truncated: bool
+    created: datetime
+    updated: datetime
+    deleted: datetime | None
+
+
+def build_log(session: Session, image: Image, offset: int) -> BuildLogSlice | None:
+    row = session.execute(
+        select(BuildLog.id, BuildLog.hub_id, BuildLog.image_id,
+               func.substr(BuildLog.log, offset + 1).label("text"),
+               func.length(BuildLog.log).label("length"), BuildLog.truncated, BuildLog.created,
+               BuildLog.updated, BuildLog.deleted)
+        .where(BuildLog.image_id == image.id)).first()
+    return BuildLogSlice(**row._mapping) if row else None

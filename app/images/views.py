@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, request
 from sqlalchemy import select
 
 from app import errors
@@ -13,7 +13,7 @@ from app.hubs.auth import current, requires
 from app.hubs.documents import creators_include
 from app.hubs.models import Capability
 from app.images import services
-from app.images.models import BuildLog, Image
+from app.images.models import Image
 from app.images.schemas import ImageCreate, ImageTask, ImageUpdate
 from app.jobs.documents import job_descriptor
 from app.jobs.services import publish
@@ -133,15 +133,30 @@ def create_image_task(image_id: str):
 @blueprint.get("/<image_id>/build-log")
 @requires(Capability.IMAGES_VIEW)
 def get_build_log(image_id: str):
+    """The build log; `?offset=N` gives only what follows its first N characters.
+
+    `meta.next_offset` is the offset to ask for next time, so following a build costs little.
+    """
+    offset = _offset()
     session = db_session()
     image = services.get_image(session, current().hub_id, image_id)
-    build_log = session.scalar(select(BuildLog).where(BuildLog.image_id == image.id))
+    build_log = services.build_log(session, image, offset)
     if build_log is None:
         raise errors.BuildLogNotFound("This image has no build log: it was not built from a "
                                       "Dockerfile, or its build has not started.")
     return {"data": {
         "id": build_log.id, "hub_id": build_log.hub_id, "image_id": build_log.image_id,
-        "log": build_log.log,
+        "log": build_log.text,
         "events": {"created": rfc3339(build_log.created), "updated": rfc3339(build_log.updated),
                    "deleted": rfc3339(build_log.deleted)},
+        "meta": {"offset": offset, "next_offset": build_log.length,
+                 "truncated": build_log.truncated},
     }}
+
+
+def _offset() -> int:
+    raw = request.args.get("offset", "0")
+    if not raw.isdigit() or len(raw) > 12:
+        raise errors.InvalidArgument("`offset` must be a whole number of characters, 0 or more.",
+                                     source="offset")
+    return int(raw)

@@ -1,22 +1,38 @@
-"""Import: pull an image from a registry into this node's engine, inspect it, keep it.
+"""Import: bring an image into this node's engine, inspect it, keep it.
 
-The image moves `downloading` → `verifying` → `saving` → `live`; the job's task has a step for
-each phase. Pulling is idempotent, so an import run twice has the effect of once.
+A registry origin is pulled (`downloading`); a `docker-file` origin has its context fetched and
+is built (`building`), its log written as it goes. Then both are `verifying` → `saving` → `live`,
+with a job step for each phase. Pulls and builds are idempotent: run twice, they leave one image.
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from celery import shared_task
+from sqlalchemy import select
 
 from app import vault
 from app.config import get_settings
 from app.db import utcnow
-from app.images.models import Image, ImageState
+from app.images.models import BuildLog, Image, ImageState
 from app.jobs import engine as jobs
 from app.sources.origins import merge_secrets, registry_host
-from workers.engine import Engine, EngineError, RegistryAuth
+from workers.buildlog import BuildLogWriter
+from workers.context import (
+    ContextError,
+    Packer,
+    RepoSpec,
+    clean_path,
+    clone,
+    download,
+    pack_archive,
+    pack_directory,
+    redact,
+)
+from workers.engine import BuildFailed, Engine, EngineError, RegistryAuth
 from workers.runner import JobFailed, JobRun, run
 
 DOCKER_HUB = "https://index.docker.io/v1/"
@@ -33,26 +49,35 @@ def _import(job_run: JobRun) -> None:
         if image is None or image.state in (ImageState.DELETING, ImageState.DELETED):
             raise JobFailed("The image was deleted before its import started.")
         origin = merge_secrets(image.origin, vault.unseal(image.origin_secrets))
-        reference, auth = pull_spec(origin, image.override or {})
-        image.move_to(ImageState.DOWNLOADING)
+        override, build = image.override or {}, image.build or {}
         image.state_error = None
         image.factory_acknowledged = utcnow()
-        job_run.step(job, "Pull", f"Pulling {reference}")
         image_id = image.id
+        if origin["type"] == "docker-file":
+            image.move_to(ImageState.BUILDING)
+            log_size = _open_build_log(session, image, job_run.claim.attempt)
+            job_run.step(job, "Fetch context", "Fetching the build context")
+        else:
+            reference, auth = pull_spec(origin, override)
+            image.move_to(ImageState.DOWNLOADING)
+            job_run.step(job, "Pull", f"Pulling {reference}")
 
+    tag = f"imagejobs/{image_id}"
     with Engine() as engine:
         try:
-            file_id = engine.pull(reference, auth)
+            if origin["type"] == "docker-file":
+                file_id = _build(job_run, engine, image_id, origin["details"], override, build,
+                                 tag, log_size)
+            else:
+                file_id = engine.pull(reference, auth)
             with job_run.write() as (session, job):
                 session.get(Image, image_id, with_for_update=True).move_to(ImageState.VERIFYING)
                 job_run.step(job, "Verify", "Reading the image's configuration and size")
             attrs = engine.inspect(file_id)
-
             with job_run.write() as (session, job):
                 session.get(Image, image_id, with_for_update=True).move_to(ImageState.SAVING)
                 job_run.step(job, "Save", "Tagging the image in the engine of this node")
-            file_name = f"imagejobs/{image_id}:latest"
-            engine.tag(file_id, f"imagejobs/{image_id}", "latest")
+            engine.tag(file_id, tag, "latest")
         except EngineError as exc:
             raise JobFailed(exc.message) from None
 
@@ -62,13 +87,88 @@ def _import(job_run: JobRun) -> None:
         image.config = image_config(attrs)
         image.size = int(attrs.get("Size") or 0)
         image.backend_provider = "docker"
-        image.backend_file_name = file_name
+        image.backend_file_name = f"{tag}:latest"
         image.backend_file_id = file_id
         image.factory_node_id = get_settings().node_id
         image.factory_cached = utcnow()
         image.move_to(ImageState.LIVE)
         jobs.complete(session, job, {"image_id": image_id, "file_id": file_id,
                                      "node_id": image.factory_node_id})
+
+
+def _open_build_log(session, image: Image, attempt: int) -> int:
+    """A new import starts a fresh log; a retried attempt keeps what the last one printed."""
+    build_log = session.scalar(select(BuildLog).where(BuildLog.image_id == image.id)
+                               .with_for_update())
+    header = f"[imagejobs: build attempt {attempt} on node {get_settings().node_id}]\n"
+    if build_log is None:
+        session.add(BuildLog(hub_id=image.hub_id, image_id=image.id, log=header))
+        return len(header)
+    if attempt == 1:
+        build_log.log, build_log.truncated = header, False
+    else:
+        build_log.log += header
+    return len(build_log.log)
+
+
+def _build(job_run: JobRun, engine: Engine, image_id: str, details: dict[str, Any],
+           override: dict[str, Any], build: dict[str, Any], tag: str, log_size: int) -> str:
+    with BuildLogWriter(job_run.claim, image_id, already=log_size) as build_log, \
+            tempfile.TemporaryDirectory(prefix="imagejobs-build-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        try:
+            context_dir = clean_path(details.get("context_dir"))
+            build_file = clean_path(details.get("build_file"), "Dockerfile")
+            with open(scratch / "context.tar", "w+b") as packed:
+                _fetch_context(details, override, Packer(packed, context_dir, build_file),
+                               scratch, build_log)
+                packed.seek(0)
+                with job_run.write() as (_, job):
+                    job_run.step(job, "Build", f"Building {build_file} on node "
+                                 f"{get_settings().node_id}")
+                for credential in details.get("credentials") or []:
+                    engine.login(RegistryAuth(credential.get("username") or "",
+                                              credential.get("token") or "",
+                                              registry_host(credential.get("url") or "")))
+                return engine.build(packed, dockerfile=build_file,
+                                    buildargs=dict(build.get("args") or {}), tag=f"{tag}:latest",
+                                    on_output=build_log.append)
+        except ContextError as exc:
+            build_log.append(f"ERROR: {exc.message}\n")
+            raise JobFailed(exc.message) from None
+        except BuildFailed as exc:
+            lines = "\n".join(build_log.last_lines(8))
+            raise JobFailed(f"The build failed: {exc.message}\nThe last lines of its log:\n"
+                            f"{lines}") from None
+
+
+def _fetch_context(details: dict[str, Any], override: dict[str, Any], packer: Packer,
+                   scratch: Path, build_log: BuildLogWriter) -> None:
+    url = override.get("targz_url") or details.get("targz_url")
+    if url:
+        build_log.append(f"Fetching the build context from {redact(url)}\n")
+        with open(scratch / "download.tar.gz", "w+b") as archive:
+            download(url, archive)
+            pack_archive(archive, packer)
+    elif details.get("repo"):
+        repo = details["repo"]
+        auth = (repo.get("auth") or {})
+        credentials = auth.get("credentials") or {}
+        ref = repo.get("ref") or {}
+        spec = RepoSpec(url=repo["url"], branch=repo.get("branch"), ref_type=ref.get("type"),
+                        ref_value=ref.get("value"), username=credentials.get("username"),
+                        password=credentials.get("password"),
+                        private_key=credentials.get("private_key"),
+                        passphrase=credentials.get("passphrase"))
+        at = f" at {spec.ref_type} {spec.ref_value}" if spec.ref_type else (
+            f" at branch {spec.branch}" if spec.branch else "")
+        build_log.append(f"Cloning {redact(spec.url)}{at}\n")
+        pack_directory(clone(spec, scratch), packer)
+    else:
+        raise ContextError("The image source has neither a `repo` nor a `targz_url`, and the "
+                           "image no `override.targz_url`: there is nothing to build.")
+    build_log.append(f"Build context ready: {len(packer.written)} files, "
+                     f"{packer.expanded} bytes\n")
 
 
 def pull_spec(origin: dict[str, Any], override: dict[str, Any]) -> tuple[str, RegistryAuth | None]:

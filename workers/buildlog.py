@@ -1,0 +1,103 @@
+"""The build log, written to Postgres while the build runs: in batches, bounded, fenced.
+
+The build's stream hands lines to `append`, which never touches the database; a background thread
+flushes what gathered about twice a second, as one UPDATE. Past the limit the log gets one clear
+marker and nothing more, while the last lines are still kept in memory for the job's error.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+from sqlalchemy import text
+
+from app.config import get_settings
+from app.db import transaction
+from app.jobs.engine import Claim
+
+log = logging.getLogger("imagejobs.buildlog")
+
+_APPEND = text("""
+    UPDATE image_build_logs SET log = log || :chunk, truncated = :truncated, updated = now()
+    WHERE image_id = :image_id AND EXISTS (
+        SELECT 1 FROM jobs WHERE id = :job_id AND attempt = :attempt AND state = 'running')
+""")
+
+
+class BuildLogWriter:
+    """Appends to one image's build log on behalf of one claim of its job."""
+
+    def __init__(self, claim: Claim, image_id: str, already: int = 0):
+        settings = get_settings()
+        self.claim = claim
+        self.image_id = image_id
+        self.limit = settings.build_log_max_chars
+        self.interval = settings.build_log_flush_seconds
+        self.size = already  # characters the log holds (or will, once flushed)
+        self.truncated = False
+        self.tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._pending: list[str] = []
+        self._partial = ""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._flush_forever, name="build-log", daemon=True)
+        self.flushes = 0
+
+    def __enter__(self) -> BuildLogWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.flush()
+
+    def append(self, chunk: str) -> None:
+        """Add text as the engine printed it (any number of lines, or part of one)."""
+        if not chunk:
+            return
+        with self._lock:
+            lines = (self._partial + chunk).split("\n")
+            self._partial = lines.pop()
+            self.tail.extend(line for line in lines if line.strip())
+            if self.truncated:
+                return
+            room = self.limit - self.size
+            if len(chunk) > room:
+                marker = (f"\n[imagejobs: the build log is cut here, at its limit of {self.limit} "
+                          "characters; the build went on]\n")
+                self._pending.append(chunk[:max(room, 0)] + marker)
+                self.size += max(room, 0) + len(marker)
+                self.truncated = True
+            else:
+                self._pending.append(chunk)
+                self.size += len(chunk)
+
+    def last_lines(self, count: int = 10) -> list[str]:
+        with self._lock:
+            lines = list(self.tail)
+            if self._partial.strip():
+                lines.append(self._partial)
+        return lines[-count:]
+
+    def flush(self) -> None:
+        with self._lock:
+            chunk, self._pending = "".join(self._pending), []
+            truncated = self.truncated
+        if not chunk:
+            return
+        with transaction() as session:
+            session.execute(_APPEND, {"chunk": chunk, "truncated": truncated,
+                                      "image_id": self.image_id, "job_id": self.claim.job_id,
+                                      "attempt": self.claim.attempt})
+        self.flushes += 1
+
+    def _flush_forever(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.flush()
+            except Exception as exc:  # the database is away: the lines wait for the next try
+                log.warning("build log of image %s: flush failed (%s)", self.image_id,
+                            type(exc).__name__)

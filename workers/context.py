@@ -1,0 +1,282 @@
+"""Build contexts: fetched from a tar.gz URL or a git repository, checked, packed for the engine.
+
+Nothing a user sends is extracted to disk. An archive is read as a stream and re-packed, member by
+member, into a plain tar of just the `context_dir`; a repository is cloned into a scratch folder
+and packed the same way. Either way every member is checked first: no absolute paths, no `..`,
+no links that leave the context, no devices, and no more than the configured sizes and counts.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from app.config import get_settings
+
+
+class ContextError(Exception):
+    """The context cannot be had or is refused; `message` says why, for the person who asked."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.transient = transient
+
+
+def redact(url: str) -> str:
+    """A URL fit to show: no user or password, no query (presigned URLs carry tokens there)."""
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return url.split("@", 1)[-1] if "@" in url else url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def clean_path(value: str | None, default: str = "") -> str:
+    """A path inside the context, relative, `/` as separator; `..` is refused."""
+    path = posixpath.normpath("/" + (value or default).strip()).lstrip("/")
+    if path == ".":
+        path = ""
+    if ".." in path.split("/"):
+        raise ContextError(f"The path `{value}` leaves the build context.")
+    return path
+
+
+@dataclass
+class Packer:
+    """Writes checked members of the context under `context_dir` into a plain tar."""
+
+    out: IO[bytes]
+    context_dir: str
+    build_file: str
+    members: int = 0
+    expanded: int = 0
+    written: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        settings = get_settings()
+        self.max_members = settings.context_max_members
+        self.max_expanded = settings.context_max_expanded_bytes
+        self.tar = tarfile.open(fileobj=self.out, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 (closed in finish)
+
+    def add(self, member: tarfile.TarInfo, data: IO[bytes] | None) -> None:
+        name = self._check(member)
+        relative = self._within_context(name)
+        if relative is None:
+            return
+        member = member.replace(name=relative, uid=0, gid=0, uname="", gname="", deep=False)
+        if member.islnk():
+            member = member.replace(linkname=self._within_context(
+                posixpath.normpath(member.linkname.lstrip("./") or "."), required=True),
+                deep=False)
+        self.tar.addfile(member, data if member.isfile() else None)
+        self.written.add(relative)
+
+    def finish(self) -> None:
+        self.tar.close()
+        if not self.written:
+            raise ContextError(f"The context directory `/{self.context_dir}` is not in the "
+                               "build context (no file lies under it).")
+        if self.build_file not in self.written:
+            where = f" under `/{self.context_dir}`" if self.context_dir else ""
+            raise ContextError(f"The Dockerfile `/{self.build_file}` is not in the build "
+                               f"context{where}.")
+
+    def _check(self, member: tarfile.TarInfo) -> str:
+        self.members += 1
+        if self.members > self.max_members:
+            raise ContextError(f"The build context has more than {self.max_members} files.")
+        raw = member.name
+        if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
+            raise ContextError(f"The archive member `{raw[:200]}` has an absolute path.")
+        name = posixpath.normpath(raw)
+        if name == ".." or name.startswith("../") or ".." in raw.split("/"):
+            raise ContextError(f"The archive member `{raw[:200]}` would land outside the context.")
+        if member.isdev() or not (member.isfile() or member.isdir() or member.issym()
+                                  or member.islnk()):
+            raise ContextError(f"The archive member `{raw[:200]}` is a device or special file.")
+        if member.issym():
+            target = member.linkname
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+            if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                raise ContextError(f"The link `{raw[:200]}` points outside the context "
+                                   f"(to `{target[:200]}`).")
+        if member.islnk():
+            target = posixpath.normpath(member.linkname)
+            if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+                raise ContextError(f"The link `{raw[:200]}` points outside the context.")
+        self.expanded += max(member.size, 0)
+        if self.expanded > self.max_expanded:
+            raise ContextError(f"The build context is larger than {self.max_expanded} bytes "
+                               "expanded.")
+        return "" if name == "." else name
+
+    def _within_context(self, name: str, required: bool = False) -> str | None:
+        if not self.context_dir:
+            return name
+        if name == self.context_dir:
+            return "."
+        if name.startswith(self.context_dir + "/"):
+            return name[len(self.context_dir) + 1:]
+        if required:
+            raise ContextError(f"The link to `{name[:200]}` points outside the context directory.")
+        return None
+
+
+def pack_archive(archive: IO[bytes], packer: Packer) -> None:
+    """Re-pack a (gzipped) tar stream, refusing it whole at the first bad member."""
+    try:
+        with tarfile.open(fileobj=archive, mode="r|*") as source:
+            for member in source:
+                packer.add(member, source.extractfile(member) if member.isfile() else None)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ContextError(f"The build context is not a readable tar.gz archive ({exc}).") from None
+    packer.finish()
+
+
+def pack_directory(root: Path, packer: Packer) -> None:
+    """Pack a checked-out repository (without its .git) the same way as an archive."""
+    for directory, subdirs, files in os.walk(root, followlinks=False):
+        subdirs[:] = sorted(d for d in subdirs if not (Path(directory) == root and d == ".git"))
+        for name in sorted(subdirs) + sorted(files):
+            path = Path(directory, name)
+            arcname = path.relative_to(root).as_posix()
+            info = packer.tar.gettarinfo(str(path), arcname)
+            if stat.S_ISDIR(path.lstat().st_mode) and path.is_symlink():
+                subdirs.remove(name)
+            if info.isfile():
+                with open(path, "rb") as data:
+                    packer.add(info, data)
+            else:
+                packer.add(info, None)
+    packer.finish()
+
+
+def download(url: str, into: IO[bytes]) -> None:
+    """Fetch a tar.gz over http(s) into `into`, bounded in size and time."""
+    settings = get_settings()
+    shown = redact(url)
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ContextError(f"`{shown}` is not an http:// or https:// URL.")
+    limit = settings.context_max_download_bytes
+    try:
+        with requests.get(url, stream=True, timeout=(10, settings.fetch_timeout_seconds),
+                          allow_redirects=True) as response:
+            if response.status_code >= 400:
+                raise ContextError(f"Fetching the build context from {shown} failed: the server "
+                                   f"answered {response.status_code} {response.reason}.",
+                                   transient=response.status_code >= 500)
+            received = 0
+            for block in response.iter_content(1024 * 1024):
+                received += len(block)
+                if received > limit:
+                    raise ContextError(f"The build context at {shown} is larger than the "
+                                       f"limit of {limit} bytes.")
+                into.write(block)
+    except requests.Timeout:
+        raise ContextError(f"The server at {shown} did not answer within "
+                           f"{settings.fetch_timeout_seconds} seconds.", transient=True) from None
+    except requests.ConnectionError as exc:
+        raise ContextError(f"The build context at {shown} could not be fetched: the server "
+                           f"could not be reached ({type(exc).__name__}).", transient=True) from None
+    into.flush()
+    into.seek(0)
+
+
+@dataclass(frozen=True)
+class RepoSpec:
+    url: str
+    branch: str | None = None
+    ref_type: str | None = None  # tag | hash
+    ref_value: str | None = None
+    username: str | None = None
+    password: str | None = None
+    private_key: str | None = None
+    passphrase: str | None = None
+
+
+def clone(repo: RepoSpec, scratch: Path) -> Path:
+    """Check the repository out at its branch, tag or commit into `scratch`/checkout."""
+    settings = get_settings()
+    target = scratch / "checkout"
+    env = _git_environment(repo, scratch)
+    shown = redact(repo.url)
+    if repo.ref_type == "hash":
+        steps = [["clone", "--no-checkout", "--quiet", "--", repo.url, str(target)],
+                 ["-C", str(target), "checkout", "--quiet", "--detach", repo.ref_value or "",
+                  "--"]]
+    else:
+        name = repo.ref_value if repo.ref_type == "tag" else repo.branch
+        branch = ["--branch", name] if name else []
+        steps = [["clone", "--depth", "1", "--quiet", *branch, "--", repo.url, str(target)]]
+    for step in steps:
+        try:
+            result = subprocess.run(["git", "-c", "credential.helper=", "-c",
+                                     "core.askPass=" + env["GIT_ASKPASS"], *step],
+                                    env=env, capture_output=True, text=True,
+                                    timeout=settings.git_timeout_seconds, cwd=scratch)
+        except subprocess.TimeoutExpired:
+            raise ContextError(f"Cloning {shown} took longer than "
+                               f"{settings.git_timeout_seconds} seconds.", transient=True) from None
+        if result.returncode != 0:
+            raise ContextError(_git_failure(repo, shown, result.stderr))
+    shutil.rmtree(target / ".git", ignore_errors=True)
+    return target
+
+
+def _git_environment(repo: RepoSpec, scratch: Path) -> dict[str, str]:
+    """Credentials reach git through an askpass script and the environment, never the URL."""
+    askpass = scratch / "askpass.sh"
+    askpass.write_text('#!/bin/sh\ncase "$1" in\n  Username*) printf "%s" "$IMAGEJOBS_GIT_USER";;'
+                       '\n  *) printf "%s" "$IMAGEJOBS_GIT_SECRET";;\nesac\n')
+    askpass.chmod(0o700)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch),
+        "GIT_ASKPASS": str(askpass), "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
+        "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
+        # Only network protocols: a repository URL must not read the worker's own files.
+        "GIT_ALLOW_PROTOCOL": "http:https:ssh:git",
+        "IMAGEJOBS_GIT_USER": repo.username or "",
+        "IMAGEJOBS_GIT_SECRET": repo.password or repo.passphrase or "",
+    }
+    if repo.private_key:
+        key = scratch / "id_key"
+        key.write_text(repo.private_key.strip() + "\n")
+        key.chmod(0o600)
+        env["GIT_SSH_COMMAND"] = (f"ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=no "
+                                  f"-o StrictHostKeyChecking=accept-new "
+                                  f"-o UserKnownHostsFile={scratch / 'known_hosts'}")
+    return env
+
+
+def _git_failure(repo: RepoSpec, shown: str, stderr: str) -> str:
+    text = stderr.lower()
+    detail = " ".join(line.strip() for line in stderr.strip().splitlines()[-3:])[:500]
+    if repo.password:
+        detail = detail.replace(repo.password, "********")
+    if any(s in text for s in ("authentication failed", "permission denied", "could not read "
+                               "username", "403", "401", "invalid username or password")):
+        return f"The repository {shown} refused the credentials of the image source ({detail})."
+    if "remote branch" in text and "not found" in text:
+        which = f"tag `{repo.ref_value}`" if repo.ref_type == "tag" else f"branch `{repo.branch}`"
+        return f"The repository {shown} has no {which}."
+    if repo.ref_type == "hash" and any(s in text for s in ("did not match", "reference is not a "
+                                                           "tree", "unable to read tree")):
+        return f"The repository {shown} has no commit `{repo.ref_value}`."
+    if any(s in text for s in ("not found", "does not appear to be a git repository",
+                               "repository not found", "404")):
+        return f"The repository {shown} does not exist or cannot be read ({detail})."
+    if "transport" in text and "not allowed" in text:
+        return f"The repository URL {shown} must use http, https, ssh or git."
+    return f"Cloning {shown} failed: {detail}"
