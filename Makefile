@@ -39,10 +39,13 @@ test: install services ## Run the whole test suite against the real services
 conformance: install ## Compare the API with the Cycle spec extract (SPEC_DIR)
 	IMAGEJOBS_SPEC_DIR=$(SPEC_DIR) $(BIN)/pytest tests/conformance $(PYTEST_ARGS)
 
+bench: install services ## Benchmarks (figures with same-run baselines; asserts nothing)
+	$(BIN)/python -m tests.benchmarks.bench_builds
+
 lint: install ## ruff
 	$(BIN)/ruff check app workers tests
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .test-logs *.egg-info
 
-.PHONY: help install services run test conformance lint clean
+.PHONY: help install services run test conformance bench lint clean
