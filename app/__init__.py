@@ -23,6 +23,7 @@ def create_app() -> Flask:
     # OPTIONS would otherwise be answered by Flask with an empty HTML page.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.json.sort_keys = False
+    app.url_map.converters["image_id"] = web.ImageIdConverter
     web.register(app)
     # Sources before images: /v1/images/sources must not be taken for an image id.
     app.register_blueprint(sources)

@@ -82,6 +82,13 @@ class Settings:
         default_factory=lambda: _int("IMAGEJOBS_CONTEXT_MAX_MEMBERS", 100_000))
     fetch_timeout_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_FETCH_TIMEOUT", 30))
     git_timeout_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_GIT_TIMEOUT", 600))
+    # Uploaded image tars wait here for a worker; shared storage when API and workers are apart.
+    upload_dir: str = field(default_factory=lambda: os.environ.get(
+        "IMAGEJOBS_UPLOAD_DIR", str(Path.home() / ".local/share/imagejobs/uploads")))
+    upload_max_bytes: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_UPLOAD_MAX_BYTES", 8 * 1024 * 1024 * 1024))
+    upload_token_seconds: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_UPLOAD_TOKEN_TTL", 3600))
     # Engine calls (a pull of a large image) may take this long before the job errors.
     engine_timeout_seconds: int = field(
         default_factory=lambda: _int("IMAGEJOBS_ENGINE_TIMEOUT", 1800))

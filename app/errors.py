@@ -37,10 +37,11 @@ def _error(status: int, code: str, title: str) -> type[ApiError]:
     return type(name, (ApiError,), {"status": status, "code": code, "title": title})
 
 
-InvalidSyntax = _error(400, "400.invalid-syntax", "The request body is not valid JSON.")
+InvalidSyntax = _error(400, "400.invalid-syntax", "The request is malformed.")
 AuthInvalid = _error(401, "401.auth-invalid", "The API key is missing or invalid.")
 WrongHub = _error(403, "403.wrong-hub", "The API key does not belong to the hub requested.")
 PermissionDenied = _error(403, "403.permissions", "The API key lacks a required capability.")
+Expired = _error(403, "403.expired", "The token has expired.")
 InvalidState = _error(403, "403.invalid-state",
                       "The resource is not in a state that allows this action.")
 ImageNotFound = _error(404, "404.image", "The image was not found.")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from flask import Flask, g, request
@@ -13,6 +16,7 @@ from sqlalchemy import Select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
 
 from app import errors
 from app.config import get_settings
@@ -20,6 +24,13 @@ from app.db import new_session
 
 log = logging.getLogger("imagejobs.api")
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class ImageIdConverter(BaseConverter):
+    """An image id in a path, never the words of the routes beside it (`sources`, `tasks`), so
+    that `DELETE /v1/images/sources` is a wrong method, not a search for an image "sources"."""
+
+    regex = r"(?!(?:sources|tasks)(?:/|$))[^/]+"
 
 
 def db_session() -> Session:
@@ -242,3 +253,37 @@ def fetch_page(query: Select, q: ListQuery, sorts: dict[str, Any], default: Any)
     order = [sorts[name].desc() if descending else sorts[name].asc() for name, descending in q.sort]
     order.append(default)
     return list(db_session().scalars(query.order_by(*order).offset(q.offset).limit(q.page_size)))
+
+
+def receive_upload(final: Path) -> Path:
+    """Stream the request's file (multipart `file.tar`, or the raw body) to a file beside `final`.
+
+    Bounded by IMAGEJOBS_UPLOAD_MAX_BYTES (413 past it); never held whole in memory.
+    """
+    limit = get_settings().upload_max_bytes
+    request.max_content_length = limit
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLarge(f"An upload may be at most {limit} bytes.")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(f"{final.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        if request.mimetype == "multipart/form-data":
+            upload = request.files.get("file.tar")
+            if upload is None:
+                raise errors.MissingArgument("Send the image tar as the multipart field "
+                                             "`file.tar`.", source="/file.tar")
+            upload.save(partial)
+        else:
+            received = 0
+            with open(partial, "wb") as out:
+                while block := request.stream.read(1024 * 1024):
+                    received += len(block)
+                    if received > limit:
+                        raise errors.PayloadTooLarge(f"An upload may be at most {limit} bytes.")
+                    out.write(block)
+        if partial.stat().st_size == 0:
+            raise errors.MissingArgument("The upload is empty.", source="/file.tar")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return partial

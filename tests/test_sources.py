@@ -191,12 +191,17 @@ def test_create_shows_the_origin_as_sent_with_secrets_blank(api, source_origin):
     assert create(api, source_origin)["origin"] == shown
 
 
-def test_cycle_upload_source_and_its_images_show_no_upload_token(api):
+def test_cycle_upload_source_shows_no_token_and_its_images_show_theirs_once(api):
     source = create(api, {"type": "cycle-upload", "details": {"expires": "soon", "token": TOKEN}})
-    blank = {"type": "cycle-upload", "details": {"expires": ZERO_TIME, "token": ""}}
-    assert source["origin"] == blank
-    image = api.post("/v1/images", json={"source_id": source["id"]}).get_json()["data"]
-    assert image["source"]["details"]["origin"] == blank
+    assert source["origin"] == {"type": "cycle-upload", "details": {"expires": ZERO_TIME, "token": ""}}
+
+    made = api.post("/v1/images", json={"source_id": source["id"]}).get_json()["data"]
+    shown = made["source"]["details"]["origin"]["details"]
+    assert len(shown["token"]) >= 32 and shown["token"] != TOKEN
+    assert assert_time(shown["expires"]) > assert_time(made["events"]["created"])
+    again = api.get(f"/v1/images/{made['id']}").get_json()["data"]
+    assert again["source"]["details"]["origin"]["details"] == {"expires": shown["expires"],
+                                                               "token": ""}
 
 
 def test_create_is_found_again_by_get(api):

@@ -14,7 +14,7 @@ from app.jobs.queueing import make_celery
 log = logging.getLogger("imagejobs.sweeper")
 
 celery = make_celery(get_settings())
-celery.conf.include = ["workers.tasks.imports"]
+celery.conf.include = ["workers.tasks.imports", "workers.tasks.deletes", "workers.tasks.prunes"]
 celery.set_default()
 
 _stop_sweeping = threading.Event()

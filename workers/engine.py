@@ -120,6 +120,62 @@ class Engine:
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
 
+    def holds(self, reference: str) -> bool:
+        try:
+            self.client.api.inspect_image(reference)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            raise _unavailable(self.base_url, exc) from None
+
+    def containers_using(self, image_id: str) -> list[str]:
+        """Names of the containers (running or not) made from exactly this image."""
+        try:
+            containers = self.client.api.containers(all=True)
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            raise _unavailable(self.base_url, exc) from None
+        return sorted(c["Names"][0].lstrip("/") if c.get("Names") else c["Id"][:12]
+                      for c in containers if c.get("ImageID") == image_id)
+
+    def untag(self, reference: str) -> None:
+        """Remove one tag; the engine frees the image once no tag or container holds it.
+
+        A reference already gone is fine: removing twice has the effect of once.
+        """
+        try:
+            self.client.api.remove_image(reference, force=False, noprune=False)
+        except docker.errors.ImageNotFound:
+            return
+        except docker.errors.APIError as exc:
+            raise EngineError(f"The engine would not remove `{reference}`: "
+                              f"{exc.explanation or exc}") from None
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            raise _unavailable(self.base_url, exc) from None
+
+    def load(self, archive: IO[bytes]) -> str:
+        """Load a `docker save` tar and return the id of the image it holds."""
+        loaded: list[str] = []
+        try:
+            for event in self.client.api.load_image(archive):
+                if "error" in event:
+                    raise EngineError(f"The engine could not load the uploaded image: "
+                                      f"{event['error']}")
+                loaded.append(event.get("stream", ""))
+        except docker.errors.APIError as exc:
+            raise EngineError(f"The engine could not load the uploaded image: "
+                              f"{exc.explanation or exc}") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                docker.errors.DockerException) as exc:
+            raise _unavailable(self.base_url, exc) from None
+        for line in loaded:
+            line = line.strip()
+            if line.startswith("Loaded image ID:"):
+                return line.split(":", 1)[1].strip()
+            if line.startswith("Loaded image:"):
+                return self.inspect(line.split(":", 1)[1].strip())["Id"]
+        raise EngineError("The uploaded tar holds no image the engine could load.")
+
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         try:
             self.client.api.tag(image_id, repository, tag, force=True)

@@ -69,6 +69,11 @@ class Image(Base):
     factory_node_id: Mapped[str | None] = mapped_column(String(256))
     factory_acknowledged: Mapped[datetime | None]
     factory_cached: Mapped[datetime | None]
+    # cycle-upload images: the upload token's hash (the token is shown once), when it expires,
+    # and when an upload was taken (a token works once).
+    upload_token_hash: Mapped[str | None] = mapped_column(String(64))
+    upload_expires: Mapped[datetime | None]
+    upload_received: Mapped[datetime | None]
     creator_type: Mapped[str] = mapped_column(String(32))
     creator_id: Mapped[str] = mapped_column(String(24))
     state: Mapped[str] = mapped_column(String(16), default=ImageState.NEW, index=True)

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
+import tarfile
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+from zlib import error as zlib_error
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from app import errors
-from app.db import is_id, like_pattern
-from app.images.models import BuildLog, Image, ImageState
+from app.archives import ArchiveRefused, checked_name
+from app.config import get_settings
+from app.db import is_id, like_pattern, utcnow
+from app.images.models import TRANSITIONAL, BuildLog, Image, ImageState
 from app.images.schemas import ImageCreate
 from app.jobs import queueing
 from app.jobs.models import Job
@@ -21,7 +30,8 @@ from app.sources.services import get_source
 
 
 def create_image(session: Session, hub_id: str, creator: dict[str, str], body: ImageCreate
-                 ) -> Image:
+                 ) -> tuple[Image, str | None]:
+    """A new image in state `new`, and for a cycle-upload source its upload token (shown once)."""
     source = get_source(session, hub_id, body.source_id)
     if source.state != SourceState.LIVE:
         raise errors.InvalidState(f"The image source is {source.state}; no image can be made "
@@ -39,9 +49,23 @@ def create_image(session: Session, hub_id: str, creator: dict[str, str], body: I
         build=body.build.model_dump(exclude_none=True) if body.build else None,
         creator_type=creator["type"], creator_id=creator["id"], state=ImageState.NEW,
     )
+    token = issue_upload_token(image) if source.origin_type == "cycle-upload" else None
     session.add(image)
     session.flush()
-    return image
+    return image, token
+
+
+def issue_upload_token(image: Image) -> str:
+    """A fresh single-use upload token for a cycle-upload image; only its hash is kept."""
+    token = secrets.token_urlsafe(32)
+    image.upload_token_hash = _token_hash(token)
+    image.upload_expires = utcnow() + timedelta(seconds=get_settings().upload_token_seconds)
+    image.upload_received = None
+    return token
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def get_image(session: Session, hub_id: str, image_id: str, *, lock: bool = False) -> Image:
@@ -66,8 +90,7 @@ def rename_image(session: Session, hub_id: str, image_id: str, name: str | None)
 def import_image(session: Session, hub_id: str, creator: dict[str, str], image_id: str) -> Job:
     """Queue the import of an image; an import already queued or running is returned instead."""
     image = get_image(session, hub_id, image_id, lock=True)
-    if image.state in (ImageState.DELETING, ImageState.DELETED):
-        raise errors.InvalidState(f"The image is {image.state}; it cannot be imported.")
+    _refuse_if_deleting(image, "imported")
     kind = image.origin_type
     if kind == "none":
         raise errors.InvalidArgument("The image's source has origin `none`: there is nothing "
@@ -83,11 +106,116 @@ def import_image(session: Session, hub_id: str, creator: dict[str, str], image_i
                                          "nor a `targz_url`, and the image no "
                                          "`override.targz_url`: there is nothing to build.")
     queue = queueing.BUILD_QUEUE if kind == "docker-file" else queueing.PULL_QUEUE
-    return create_job(session, hub_id=hub_id, creator=creator, action="image.import",
-                      queue=queue, caption=f"Import image {image.name}",
-                      subject_id=image.id,
-                      task=NewTask(header="import", caption="Import image",
-                                   input={"image_id": image.id}))
+    return _import_job(session, image, creator, queue, {"image_id": image.id})
+
+
+def _import_job(session: Session, image: Image, creator: dict[str, str], queue: str,
+                task_input: dict[str, str]) -> Job:
+    return create_job(session, hub_id=image.hub_id, creator=creator, action="image.import",
+                      queue=queue, caption=f"Import image {image.name}", subject_id=image.id,
+                      task=NewTask(header="import", caption="Import image", input=task_input))
+
+
+def _refuse_if_deleting(image: Image, what: str) -> None:
+    if image.state in (ImageState.DELETING, ImageState.DELETED):
+        raise errors.InvalidState(f"The image is {image.state}; it cannot be {what}.")
+
+
+def upload_path(image_id: str) -> Path:
+    return Path(get_settings().upload_dir) / f"{image_id}.tar"
+
+
+def check_upload_token(session: Session, image_id: str, hub_id: str | None, token: str) -> Image:
+    """The cycle-upload image this token opens, locked; refused when wrong, used or expired."""
+    query = select(Image).where(Image.id == image_id)
+    if hub_id is not None:
+        query = query.where(Image.hub_id == hub_id)
+    image = session.scalar(query.with_for_update()) if is_id(image_id) else None
+    if image is None or image.upload_token_hash is None or not hmac.compare_digest(
+            image.upload_token_hash, _token_hash(token)):
+        # One answer for every miss: a token must not tell which images exist.
+        raise errors.AuthInvalid("The upload token is not valid for this image.")
+    if image.upload_received is not None:
+        raise errors.Expired("This upload token was used already; a token works for one upload.")
+    if image.upload_expires is None or image.upload_expires < utcnow():
+        raise errors.Expired("The upload token has expired.")
+    _refuse_if_deleting(image, "uploaded")
+    if image.state not in (ImageState.NEW, ImageState.LIVE):
+        raise errors.InvalidState(f"The image is {image.state}; wait for its import to end.")
+    return image
+
+
+def accept_upload(session: Session, image: Image, archive: Path) -> Job:
+    """Check a received image tar, then spend the token and queue the import of the upload."""
+    with open(archive, "rb") as stream:
+        check_image_tar(stream)
+    image.upload_received = utcnow()
+    final = upload_path(image.id)
+    archive.replace(final)
+    return _import_job(session, image, {"id": image.creator_id, "type": image.creator_type},
+                       queueing.PULL_QUEUE, {"image_id": image.id, "upload": final.name})
+
+
+def check_image_tar(stream: IO[bytes]) -> None:
+    """An image tar as `docker save` writes it: whole, a manifest, no member that escapes."""
+    names = set()
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                names.add(checked_name(member))
+                if member.isfile():
+                    tar.extractfile(member).read()  # reads to the end: a cut upload fails here
+    except ArchiveRefused as exc:
+        raise errors.InvalidInput(f"The upload is refused: {exc.message}", source="/file.tar"
+                                  ) from None
+    except (tarfile.TarError, EOFError, OSError, zlib_error) as exc:
+        raise errors.InvalidInput(f"The upload is not a complete tar archive ({exc}).",
+                                  source="/file.tar") from None
+    if "manifest.json" not in names:
+        raise errors.InvalidInput("The upload is not a Docker image tar (it has no "
+                                  "manifest.json); make it with `docker save`.", source="/file.tar")
+
+
+def delete_image(session: Session, hub_id: str, creator: dict[str, str], image_id: str) -> Job:
+    """Queue the removal of an image from the node that holds it."""
+    image = get_image(session, hub_id, image_id, lock=True)
+    if image.state == ImageState.DELETED:
+        raise errors.InvalidState("The image is already deleted.")
+    if image.state == ImageState.DELETING:
+        raise errors.InvalidState("The image is already being deleted.")
+    if image.state in TRANSITIONAL:
+        raise errors.InvalidState(f"The image is {image.state}; wait for its import to end.")
+    job = queue_delete(session, image, creator, {"image_id": image.id})
+    image.move_to(ImageState.DELETING)
+    return job
+
+
+def queue_delete(session: Session, image: Image, creator: dict[str, str],
+                 task_input: dict[str, Any]) -> Job:
+    """A delete job, on the queue of the node whose engine holds the image."""
+    queue = (queueing.node_queue(image.factory_node_id) if image.factory_node_id
+             else queueing.MAINTENANCE_QUEUE)
+    return create_job(session, hub_id=image.hub_id, creator=creator, action="image.delete",
+                      queue=queue, caption=f"Delete image {image.name}", subject_id=image.id,
+                      task=NewTask(header="delete", caption="Delete image", input=task_input))
+
+
+def prune_images(session: Session, hub_id: str, creator: dict[str, str], source_ids: list[str],
+                 dry_run: bool) -> Job:
+    """Queue a prune of the images of these sources (each must be the hub's)."""
+    wanted = sorted(set(source_ids))
+    for source_id in wanted:
+        try:
+            get_source(session, hub_id, source_id)
+        except errors.SourceNotFound as exc:
+            exc.source = f"/contents/source_ids/{source_ids.index(source_id)}"
+            raise
+    return create_job(session, hub_id=hub_id, creator=creator, action="images.prune",
+                      queue=queueing.MAINTENANCE_QUEUE,
+                      caption=f"Prune the images of {len(wanted)} source(s)"
+                              + (" (dry run)" if dry_run else ""), subject_id=None,
+                      task=NewTask(header="prune", caption="Prune images",
+                                   input={"source_ids": wanted, "dry_run": dry_run}))
 
 
 IMAGE_SORTS = {"id": Image.id, "created": Image.id, "name": Image.name, "state": Image.state,

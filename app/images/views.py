@@ -14,22 +14,27 @@ from app.hubs.documents import creators_include
 from app.hubs.models import Capability
 from app.images import services
 from app.images.models import Image
-from app.images.schemas import ImageCreate, ImageTask, ImageUpdate
+from app.images.schemas import ImageCreate, ImagesTask, ImageTask, ImageUpdate
 from app.jobs.documents import job_descriptor
 from app.jobs.services import publish
 from app.sources.models import ImageSource
 from app.sources.views import source_document
-from app.web import db_session, fetch_page, list_query, parse_body
+from app.web import db_session, fetch_page, list_query, parse_body, receive_upload
 
 blueprint = Blueprint("images", __name__, url_prefix="/v1/images")
 
 
-def image_document(image: Image) -> dict[str, Any]:
+def image_document(image: Image, upload_token: str | None = None) -> dict[str, Any]:
+    """The spec's Image; an upload token appears only in the answer that created it."""
     state: dict[str, Any] = {"current": image.state, "changed": rfc3339(image.state_changed)}
     if image.state_error:
         state["error"] = {"message": image.state_error, "time": rfc3339(image.state_error_time)}
+    origin = image.origin
+    if image.origin_type == "cycle-upload":
+        origin = {"type": "cycle-upload", "details": {
+            "expires": rfc3339(image.upload_expires), "token": upload_token or ""}}
     source: dict[str, Any] = {"type": "direct",
-                              "details": {"id": image.source_id, "origin": image.origin}}
+                              "details": {"id": image.source_id, "origin": origin}}
     if image.override:
         source["override"] = image.override
     factory = None
@@ -93,12 +98,13 @@ def list_images():
 def create_image():
     body = parse_body(ImageCreate)
     session = db_session()
-    image = services.create_image(session, current().hub_id, current().creator, body)
+    image, upload_token = services.create_image(session, current().hub_id, current().creator,
+                                                body)
     session.commit()
-    return {"data": image_document(image)}, 201
+    return {"data": image_document(image, upload_token)}, 201
 
 
-@blueprint.get("/<image_id>")
+@blueprint.get("/<image_id:image_id>")
 @requires(Capability.IMAGES_VIEW)
 def get_image(image_id: str):
     q = list_query(includes=INCLUDES)
@@ -108,7 +114,7 @@ def get_image(image_id: str):
     return result
 
 
-@blueprint.patch("/<image_id>")
+@blueprint.patch("/<image_id:image_id>")
 @requires(Capability.IMAGES_MANAGE)
 def update_image(image_id: str):
     body = parse_body(ImageUpdate)
@@ -118,19 +124,59 @@ def update_image(image_id: str):
     return {"data": image_document(image)}
 
 
-@blueprint.post("/<image_id>/tasks")
+@blueprint.delete("/<image_id:image_id>")
+@requires(Capability.IMAGES_MANAGE)
+def delete_image(image_id: str):
+    session = db_session()
+    return _accepted(session, services.delete_image(session, current().hub_id, current().creator,
+                                                    image_id))
+
+
+@blueprint.post("/<image_id:image_id>/tasks")
 @requires(Capability.IMAGES_IMPORT)
 def create_image_task(image_id: str):
     parse_body(ImageTask)
     session = db_session()
-    job = services.import_image(session, current().hub_id, current().creator, image_id)
+    return _accepted(session, services.import_image(session, current().hub_id, current().creator,
+                                                    image_id))
+
+
+@blueprint.post("/tasks")
+@requires(Capability.IMAGES_MANAGE)
+def create_images_task():
+    body = parse_body(ImagesTask)
+    session = db_session()
+    return _accepted(session, services.prune_images(
+        session, current().hub_id, current().creator, body.contents.source_ids,
+        body.contents.dry_run))
+
+
+@blueprint.post("/<image_id:image_id>/upload")
+def upload_image(image_id: str):
+    """Take a cycle-upload image's tar (multipart `file.tar`, or the raw body), streamed to disk.
+
+    The single-use token of the image authenticates the call, as in Cycle's factory.
+    """
+    session = db_session()
+    hub_id = request.headers.get("X-Hub-Id") or request.args.get("hub-id")
+    image = services.check_upload_token(session, image_id, hub_id, request.args.get("token", ""))
+    received = receive_upload(services.upload_path(image.id))
+    try:
+        job = services.accept_upload(session, image, received)
+    finally:
+        received.unlink(missing_ok=True)
+    return _accepted(session, job)
+
+
+def _accepted(session, job) -> tuple[dict[str, Any], int]:
+    """Commit, then publish: the job is in Postgres before the broker hears of it."""
     session.commit()
     publish(session, job)
     session.commit()
     return {"data": job_descriptor(job)}, 202
 
 
-@blueprint.get("/<image_id>/build-log")
+@blueprint.get("/<image_id:image_id>/build-log")
 @requires(Capability.IMAGES_VIEW)
 def get_build_log(image_id: str):
     """The build log; `?offset=N` gives only what follows its first N characters.

@@ -150,12 +150,15 @@ def _expire_if_due(session: Session, job_id: str) -> None:
     job = session.scalar(select(Job).where(Job.id == job_id, Job.state == JobState.QUEUED,
                                            Job.expires <= utcnow()).with_for_update())
     if job is not None:
-        _expire(job)
+        _expire(session, job)
 
 
-def _expire(job: Job) -> None:
-    job.move_to(JobState.EXPIRED, error="The job was not started before it expired.")
-    _set_task(job, state="error", completed=True, error=job.error_message)
+def _expire(session: Session, job: Job) -> None:
+    message = "The job was not started before it expired."
+    job.move_to(JobState.EXPIRED, error=message)
+    _set_task(job, state="error", completed=True, error=message)
+    # A delete queued for a node that never came leaves its image as it was, error shown.
+    _release_subject(session, job, message)
 
 
 @dataclass
@@ -179,7 +182,7 @@ def sweep() -> SweepReport:
             return report
         now = utcnow()
         for job in _locked(session, Job.state == JobState.QUEUED, Job.expires <= now):
-            _expire(job)
+            _expire(session, job)
             report.expired += 1
         for job in _locked(session, Job.state == JobState.RUNNING, Job.lease_expires < now):
             if job.attempt >= settings.max_attempts:
