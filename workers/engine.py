@@ -129,14 +129,24 @@ class Engine:
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
 
-    def containers_using(self, image_id: str) -> list[str]:
-        """Names of the containers (running or not) made from exactly this image."""
+    def containers_using(self, image_id: str, tag: str) -> list[str]:
+        """Names of the containers (running or not) that hold the image known by `tag`.
+
+        A container holds it when it was made from that tag, or from the same image while `tag`
+        is its last name (removing the tag would then remove the image under the container).
+        """
         try:
             containers = self.client.api.containers(all=True)
+            tags = self.client.api.inspect_image(image_id).get("RepoTags") or []
+        except docker.errors.ImageNotFound:
+            return []
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
+        last_name = not [t for t in tags if t != tag]
+        names = {tag, tag.removesuffix(":latest")}
         return sorted(c["Names"][0].lstrip("/") if c.get("Names") else c["Id"][:12]
-                      for c in containers if c.get("ImageID") == image_id)
+                      for c in containers
+                      if c.get("ImageID") == image_id and (c.get("Image") in names or last_name))
 
     def untag(self, reference: str) -> None:
         """Remove one tag; the engine frees the image once no tag or container holds it.

@@ -41,7 +41,7 @@ def _delete(job_run: JobRun) -> None:
     if file_id:
         with Engine() as engine:
             try:
-                users = engine.containers_using(file_id)
+                users = engine.containers_using(file_id, file_name)
                 if users:
                     reason = (f"used by container(s) {', '.join(users)} on node {node_id}")
                     if not dry_run:
