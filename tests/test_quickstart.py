@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -37,11 +38,7 @@ def server(docker_client):
                                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while not _healthy(base):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"imagejobs dev did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+        wait_until_healthy(base, process, log_path)
         yield base
     finally:
         process.terminate()
@@ -50,6 +47,16 @@ def server(docker_client):
         except subprocess.TimeoutExpired:
             process.kill()
             raise
+
+
+def wait_until_healthy(base: str, process: subprocess.Popen | None = None,
+                       log_path: Path | None = None) -> None:
+    deadline = time.monotonic() + 60
+    while not _healthy(base):
+        if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
+            log = log_path.read_text()[-3000:] if log_path else ""
+            raise RuntimeError(f"the API at {base} did not start:\n{log}")
+        time.sleep(0.3)
 
 
 def _healthy(base: str) -> bool:
