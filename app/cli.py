@@ -88,7 +88,9 @@ def default_queues() -> str:
 def api_command(host: str, port: int, workers: int) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
             str(workers), "--worker-class", "gthread", "--threads", "4", "--access-logfile",
-            "-", "--graceful-timeout", "20", "app.wsgi:app"]
+            # The path without its query: upload tokens travel there and must not be logged.
+            "-", "--access-logformat", '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
+            "--graceful-timeout", "20", "app.wsgi:app"]
 
 
 def worker_command(queues: str, concurrency: int) -> list[str]:

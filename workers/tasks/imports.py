@@ -7,6 +7,9 @@ with a job step for each phase. Pulls and builds are idempotent: run twice, they
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,10 +56,17 @@ def _import(job_run: JobRun) -> None:
         image.state_error = None
         image.factory_acknowledged = utcnow()
         image_id = image.id
+        upload = job.input.get("upload")
         if origin["type"] == "docker-file":
             image.move_to(ImageState.BUILDING)
             log_size = _open_build_log(session, image, job_run.claim.attempt)
             job_run.step(job, "Fetch context", "Fetching the build context")
+        elif origin["type"] == "cycle-upload":
+            if not upload:
+                raise JobFailed("Images of cycle-upload sources are imported by uploading "
+                                "their tar.")
+            image.move_to(ImageState.UPLOADING)
+            job_run.step(job, "Load", "Loading the uploaded image tar into the engine")
         else:
             reference, auth = pull_spec(origin, override)
             image.move_to(ImageState.DOWNLOADING)
@@ -68,6 +78,8 @@ def _import(job_run: JobRun) -> None:
             if origin["type"] == "docker-file":
                 file_id = _build(job_run, engine, image_id, origin["details"], override, build,
                                  tag, log_size)
+            elif origin["type"] == "cycle-upload":
+                file_id = _load_upload(engine, Path(get_settings().upload_dir) / upload)
             else:
                 file_id = engine.pull(reference, auth)
             with job_run.write() as (session, job):
@@ -79,6 +91,7 @@ def _import(job_run: JobRun) -> None:
                 job_run.step(job, "Save", "Tagging the image in the engine of this node")
             engine.tag(file_id, tag, "latest")
         except EngineError as exc:
+            _forget_upload(upload)
             raise JobFailed(exc.message) from None
 
     with job_run.write() as (session, job):
@@ -94,6 +107,40 @@ def _import(job_run: JobRun) -> None:
         image.move_to(ImageState.LIVE)
         jobs.complete(session, job, {"image_id": image_id, "file_id": file_id,
                                      "node_id": image.factory_node_id})
+    _forget_upload(upload)
+
+
+def _load_upload(engine: Engine, archive: Path) -> str:
+    """Load an uploaded `docker save` tar without the tags it names.
+
+    Its manifest's tags would otherwise land on this engine and could move a tag another image
+    holds; the image is known here only by its id and the tag the import gives it.
+    """
+    if not archive.exists():
+        raise JobFailed("The uploaded tar is not on this worker's disk: IMAGEJOBS_UPLOAD_DIR "
+                        "must be storage the API and the workers share. Upload it again.")
+    with tempfile.TemporaryFile(prefix="imagejobs-upload-") as untagged:
+        with tarfile.open(archive, mode="r|") as source, \
+                tarfile.open(fileobj=untagged, mode="w|") as target:
+            for member in source:
+                data = source.extractfile(member) if member.isfile() else None
+                if member.name in ("manifest.json", "./manifest.json"):
+                    manifest = json.load(data)
+                    for entry in manifest:
+                        entry["RepoTags"] = None
+                    encoded = json.dumps(manifest).encode()
+                    member.size, data = len(encoded), io.BytesIO(encoded)
+                elif member.name in ("repositories", "./repositories"):
+                    continue
+                target.addfile(member, data)
+        untagged.seek(0)
+        return engine.load(untagged)
+
+
+def _forget_upload(upload: str | None) -> None:
+    """An upload is loaded once: after the job's end it is of no more use."""
+    if upload:
+        (Path(get_settings().upload_dir) / upload).unlink(missing_ok=True)
 
 
 def _open_build_log(session, image: Image, attempt: int) -> int:
