@@ -18,15 +18,15 @@ class ArchiveRefused(Exception):
         self.message = message
 
 
-def checked_name(member: tarfile.TarInfo) -> str:
-    """The member's normalised name, or ArchiveRefused for anything that could escape a folder."""
+def checked_name(member: tarfile.TarInfo, place: str = "its folder") -> str:
+    """The member's normalised name, or ArchiveRefused for anything that could escape `place`."""
     raw = member.name
     shown = raw[:200]
     if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
         raise ArchiveRefused(f"The archive member `{shown}` has an absolute path.")
     name = posixpath.normpath(raw)
     if name == ".." or name.startswith("../") or ".." in raw.split("/"):
-        raise ArchiveRefused(f"The archive member `{shown}` would land outside its folder.")
+        raise ArchiveRefused(f"The archive member `{shown}` would land outside {place}.")
     if member.isdev() or not (member.isfile() or member.isdir() or member.issym()
                               or member.islnk()):
         raise ArchiveRefused(f"The archive member `{shown}` is a device or special file.")
@@ -34,10 +34,10 @@ def checked_name(member: tarfile.TarInfo) -> str:
         target = member.linkname
         resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
         if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
-            raise ArchiveRefused(f"The link `{shown}` points outside its folder "
+            raise ArchiveRefused(f"The link `{shown}` points outside {place} "
                                  f"(to `{target[:200]}`).")
     if member.islnk():
         target = posixpath.normpath(member.linkname)
         if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
-            raise ArchiveRefused(f"The link `{shown}` points outside its folder.")
+            raise ArchiveRefused(f"The link `{shown}` points outside {place}.")
     return "" if name == "." else name

@@ -88,3 +88,30 @@ def assert_error(response, status: int, code: str, source: str | None = None) ->
 def parse_time(value: str) -> datetime:
     assert value != ZERO_TIME, "an event that happened has a real time"
     return datetime.fromisoformat(value)
+
+
+def assert_live_in_engine(image: dict, docker_client) -> None:
+    """Live, with no error, and held as `assert_held_by_engine` says."""
+    assert image["state"]["current"] == "live"
+    assert "error" not in image["state"]
+    assert_held_by_engine(image, docker_client)
+
+
+def assert_held_by_engine(image: dict, docker_client) -> None:
+    """This node's engine holds the image under `imagejobs/<id>:latest`; size and ids are its own."""
+    held = docker_client.images.get(image["backend"]["file_name"])
+    assert image["backend"] == {"provider": "docker", "size": held.attrs["Size"],
+                                "file_name": f"imagejobs/{image['id']}:latest", "file_id": held.id}
+    assert image["size"] == held.attrs["Size"]
+    assert image["factory"]["node_id"] == "test-node"
+
+
+def assert_failed(job: dict, image: dict, *words: str) -> None:
+    """The job ended in error saying `words`, and the image rests in `new` showing the same."""
+    assert job["state"]["current"] == "error"
+    message = job["state"]["error"]["message"]
+    assert all(word in message for word in words), message
+    assert job["tasks"][0]["error"]["message"] == message
+    assert image["state"]["current"] == "new"
+    assert image["state"]["error"]["message"] == message
+    assert image["backend"]["file_name"] == ""

@@ -10,6 +10,9 @@ import requests
 
 from tests.conftest import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, REGISTRY, ROOT, TEST_DATABASE
 from tests.helpers import (
+    assert_failed,
+    assert_held_by_engine,
+    assert_live_in_engine,
     get_image,
     image_from,
     import_and_wait,
@@ -76,33 +79,6 @@ def assert_completed_with_steps(job: dict) -> None:
     times = [parse_time(step[event]) for step in task["steps"] for event in ("started", "completed")]
     assert times == sorted(times)
     assert times[0] < times[-1]
-
-
-def assert_live_in_engine(image: dict, docker_client) -> None:
-    """Live, with no error, and held as `assert_held_by_engine` says."""
-    assert image["state"]["current"] == "live"
-    assert "error" not in image["state"]
-    assert_held_by_engine(image, docker_client)
-
-
-def assert_held_by_engine(image: dict, docker_client) -> None:
-    """This node's engine holds the image under `imagejobs/<id>:latest`; size and ids are its own."""
-    held = docker_client.images.get(image["backend"]["file_name"])
-    assert image["backend"] == {"provider": "docker", "size": held.attrs["Size"],
-                                "file_name": f"imagejobs/{image['id']}:latest", "file_id": held.id}
-    assert image["size"] == held.attrs["Size"]
-    assert image["factory"]["node_id"] == "test-node"
-
-
-def assert_failed(job: dict, image: dict, *words: str) -> None:
-    """The job ended in error saying `words`, and the image rests in `new` showing the same."""
-    assert job["state"]["current"] == "error"
-    message = job["state"]["error"]["message"]
-    assert all(word in message for word in words), message
-    assert job["tasks"][0]["error"]["message"] == message
-    assert image["state"]["current"] == "new"
-    assert image["state"]["error"]["message"] == message
-    assert image["backend"]["file_name"] == ""
 
 
 @pytest.mark.parametrize("way", ["docker-registry-open", "docker-registry-password",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
-import stat
 import subprocess
 import tarfile
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from app.archives import ArchiveRefused, checked_name
 from app.config import get_settings
 
 
@@ -76,9 +76,13 @@ class Packer:
         if relative is None:
             return
         member = member.replace(name=relative, uid=0, gid=0, uname="", gname="", deep=False)
+        if member.issym():
+            # A link may not reach past the context directory either, like a hard link.
+            self._within_context(posixpath.normpath(posixpath.join(
+                posixpath.dirname(name), member.linkname)), required=True)
         if member.islnk():
             member = member.replace(linkname=self._within_context(
-                posixpath.normpath(member.linkname.lstrip("./") or "."), required=True),
+                posixpath.normpath(member.linkname), required=True),
                 deep=False)
         self.tar.addfile(member, data if member.isfile() else None)
         self.written.add(relative)
@@ -97,30 +101,15 @@ class Packer:
         self.members += 1
         if self.members > self.max_members:
             raise ContextError(f"The build context has more than {self.max_members} files.")
-        raw = member.name
-        if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
-            raise ContextError(f"The archive member `{raw[:200]}` has an absolute path.")
-        name = posixpath.normpath(raw)
-        if name == ".." or name.startswith("../") or ".." in raw.split("/"):
-            raise ContextError(f"The archive member `{raw[:200]}` would land outside the context.")
-        if member.isdev() or not (member.isfile() or member.isdir() or member.issym()
-                                  or member.islnk()):
-            raise ContextError(f"The archive member `{raw[:200]}` is a device or special file.")
-        if member.issym():
-            target = member.linkname
-            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-            if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
-                raise ContextError(f"The link `{raw[:200]}` points outside the context "
-                                   f"(to `{target[:200]}`).")
-        if member.islnk():
-            target = posixpath.normpath(member.linkname)
-            if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
-                raise ContextError(f"The link `{raw[:200]}` points outside the context.")
+        try:
+            name = checked_name(member, "the context")
+        except ArchiveRefused as exc:
+            raise ContextError(exc.message) from None
         self.expanded += max(member.size, 0)
         if self.expanded > self.max_expanded:
             raise ContextError(f"The build context is larger than {self.max_expanded} bytes "
                                "expanded.")
-        return "" if name == "." else name
+        return name
 
     def _within_context(self, name: str, required: bool = False) -> str | None:
         if not self.context_dir:
@@ -153,8 +142,6 @@ def pack_directory(root: Path, packer: Packer) -> None:
             path = Path(directory, name)
             arcname = path.relative_to(root).as_posix()
             info = packer.tar.gettarinfo(str(path), arcname)
-            if stat.S_ISDIR(path.lstat().st_mode) and path.is_symlink():
-                subdirs.remove(name)
             if info.isfile():
                 with open(path, "rb") as data:
                     packer.add(info, data)
@@ -260,13 +247,21 @@ def _git_environment(repo: RepoSpec, scratch: Path) -> dict[str, str]:
     return env
 
 
+# What git prints when the server wants other credentials, or none is there. HTTP statuses are
+# matched in git's own words: a bare "401" also turns up in ports, hosts and commit hashes.
+_REFUSED = ("authentication failed", "permission denied", "could not read username",
+            "returned error: 401", "returned error: 403", "invalid username or password")
+
+
 def _git_failure(repo: RepoSpec, shown: str, stderr: str) -> str:
     text = stderr.lower()
     detail = " ".join(line.strip() for line in stderr.strip().splitlines()[-3:])[:500]
     if repo.password:
         detail = detail.replace(repo.password, "********")
-    if any(s in text for s in ("authentication failed", "permission denied", "could not read "
-                               "username", "403", "401", "invalid username or password")):
+    if any(s in text for s in _REFUSED):
+        if not (repo.username or repo.password or repo.private_key):
+            return (f"The repository {shown} requires credentials, and the image source has "
+                    f"none ({detail}).")
         return f"The repository {shown} refused the credentials of the image source ({detail})."
     if "remote branch" in text and "not found" in text:
         which = f"tag `{repo.ref_value}`" if repo.ref_type == "tag" else f"branch `{repo.branch}`"
@@ -275,7 +270,7 @@ def _git_failure(repo: RepoSpec, shown: str, stderr: str) -> str:
                                                            "tree", "unable to read tree")):
         return f"The repository {shown} has no commit `{repo.ref_value}`."
     if any(s in text for s in ("not found", "does not appear to be a git repository",
-                               "repository not found", "404")):
+                               "repository not found", "returned error: 404")):
         return f"The repository {shown} does not exist or cannot be read ({detail})."
     if "transport" in text and "not allowed" in text:
         return f"The repository URL {shown} must use http, https, ssh or git."

@@ -187,6 +187,9 @@ def _build(job_run: JobRun, engine: Engine, image_id: str, details: dict[str, An
             lines = "\n".join(build_log.last_lines(8))
             raise JobFailed(f"The build failed: {exc.message}\nThe last lines of its log:\n"
                             f"{lines}") from None
+        except EngineError as exc:  # a registry login refused, the engine away: say so in the log
+            build_log.append(f"ERROR: {exc.message}\n")
+            raise
 
 
 def _fetch_context(details: dict[str, Any], override: dict[str, Any], packer: Packer,

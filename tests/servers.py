@@ -1,0 +1,178 @@
+"""Loopback servers the build tests fetch contexts from: plain files over HTTP, and git over HTTP.
+
+Both listen on 127.0.0.1 on a free port and serve from a thread of the test process, so a real
+worker process reaches them the way it would reach any server.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class _Server:
+    """A ThreadingHTTPServer on loopback running in a daemon thread; `url(path)` addresses it."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.owner = self  # type: ignore[attr-defined]  (handlers reach their server's state)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base's name)
+        pass
+
+
+class FileServer(_Server):
+    """Serves bytes registered with `add`; 404 for anything else; `SILENT_PATH` never answers."""
+
+    SILENT_PATH = "/never-answers.tar.gz"
+    SILENCE_SECONDS = 10  # well past the worker's fetch timeout of 3 s
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.stopping = threading.Event()
+        super().__init__(_FileHandler)
+
+    def add(self, path: str, data: bytes) -> str:
+        """Serve `data` at `path`; returns its URL."""
+        self.files[path] = data
+        return self.url(path)
+
+    def close(self) -> None:
+        self.stopping.set()  # wakes the silent handler
+        super().close()
+
+
+class _FileHandler(_QuietHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        server: FileServer = self.server.owner  # type: ignore[attr-defined]
+        if self.path == server.SILENT_PATH:
+            server.stopping.wait(server.SILENCE_SECONDS)
+            return
+        data = server.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/gzip")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Run the git CLI as a fixed author; returns its output."""
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One commit holding exactly `files` (path → text), on `branch`, optionally tagged.
+
+    A branch that does not exist yet starts at the commit before this one.
+    """
+
+    files: dict[str, str]
+    branch: str = "main"
+    tag: str | None = None
+
+
+class GitServer(_Server):
+    """`git http-backend` over HTTP for the bare repositories under `root`/repos.
+
+    Repositories under `/private/` need HTTP basic auth as `USER` with `PASSWORD`. Request bodies
+    are read by Content-Length: enough for small repositories (git sends larger ones chunked).
+    """
+
+    USER, PASSWORD = "robot", "robot-git-pass-5e2b"
+
+    def __init__(self, root: Path):
+        self.repos, self.work = root / "repos", root / "work"  # served; where commits are made
+        super().__init__(_GitHandler)
+
+    def create_repo(self, name: str, history: list[Revision]) -> list[str]:
+        """A bare repository `name` (e.g. `private/app.git`) with `history`; returns the commits."""
+        work = self.work / name
+        work.mkdir(parents=True)
+        git("init", "--quiet", "--initial-branch=main", cwd=work)
+        commits = []
+        for revision in history:
+            branches = git("branch", "--list", revision.branch, cwd=work)
+            git("checkout", "--quiet", *([] if branches else ["-b"]), revision.branch, cwd=work)
+            for old in work.iterdir():
+                if old.name != ".git":
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
+            for path, text in revision.files.items():
+                (work / path).parent.mkdir(parents=True, exist_ok=True)
+                (work / path).write_text(text)
+            git("add", "--all", cwd=work)
+            git("commit", "--quiet", "--allow-empty", "-m", f"revision {len(commits)}", cwd=work)
+            if revision.tag:
+                git("tag", revision.tag, cwd=work)
+            commits.append(git("rev-parse", "HEAD", cwd=work))
+        git("checkout", "--quiet", "main", cwd=work)
+        git("clone", "--quiet", "--bare", str(work), str(self.repos / name), cwd=work)
+        return commits
+
+    def authorized(self, header: str | None) -> bool:
+        expected = base64.b64encode(f"{self.USER}:{self.PASSWORD}".encode()).decode()
+        return header == f"Basic {expected}"
+
+
+class _GitHandler(_QuietHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._backend()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._backend()
+
+    def _backend(self) -> None:
+        server: GitServer = self.server.owner  # type: ignore[attr-defined]
+        path, _, query = self.path.partition("?")
+        env = {"GIT_PROJECT_ROOT": str(server.repos), "GIT_HTTP_EXPORT_ALL": "1",
+               "REQUEST_METHOD": self.command, "PATH_INFO": path, "QUERY_STRING": query,
+               "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+               "CONTENT_LENGTH": self.headers.get("Content-Length", ""),
+               "PATH": "/usr/bin:/bin"}
+        for name in ("Git-Protocol", "Content-Encoding"):  # protocol v2, gzipped requests
+            if name in self.headers:
+                env["HTTP_" + name.upper().replace("-", "_")] = self.headers[name]
+        if path.startswith("/private/"):
+            if not server.authorized(self.headers.get("Authorization")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            env["REMOTE_USER"] = server.USER
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        result = subprocess.run(["git", "http-backend"], input=body, env=env,
+                                capture_output=True, check=False)
+        head, _, payload = result.stdout.partition(b"\r\n\r\n")
+        headers = [line.split(":", 1) for line in head.decode().split("\r\n") if ":" in line]
+        status = next((value.strip() for name, value in headers if name.lower() == "status"),
+                      "200 OK")
+        code, _, reason = status.partition(" ")
+        self.send_response(int(code), reason)
+        for name, value in headers:
+            if name.lower() != "status":
+                self.send_header(name, value.strip())
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
