@@ -7,8 +7,6 @@ take which queue is entirely the test's choice.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 
@@ -17,9 +15,9 @@ import docker.errors
 import pytest
 import requests
 
-from tests.conftest import ROOT, make_tenant
+from tests.conftest import make_tenant
 from tests.helpers import registry_origin, repository_path
-from tests.test_quickstart import free_port, wait_until_healthy
+from tests.processes import api_server, imagejobs
 
 ENGINE_B = "unix:///var/run/imagejobs/docker-b.sock"
 NODES = {"node-a": os.environ["DOCKER_HOST"], "node-b": ENGINE_B}
@@ -31,25 +29,10 @@ def stack_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def process(name: str, command: list[str], env: dict[str, str]):
-    log_path = ROOT / ".test-logs" / f"nodes-{name}.log"
-    with open(log_path, "w") as log:
-        child = subprocess.Popen([sys.executable, "-m", "app.cli", *command], stdout=log,
-                                 stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    try:
-        yield child, log_path
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            child.kill()
-
-
-@contextmanager
 def worker(node: str, queues: str):
     env = stack_env(IMAGEJOBS_NODE_ID=node, DOCKER_HOST=NODES[node])
-    with process(node, ["worker", "--queues", queues, "--concurrency", "1"], env) as (child, log):
+    with imagejobs(f"nodes-{node}", "worker", "--queues", queues, "--concurrency", "1",
+                   env=env) as (child, log):
         deadline = time.monotonic() + 60
         while "ready." not in log.read_text():
             assert child.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
@@ -62,10 +45,7 @@ def stack(docker_client, pushed_image):
     import redis
 
     redis.Redis.from_url(REDIS).flushdb()
-    port = free_port()
-    with process("api", ["api", "--port", str(port), "--workers", "1"], stack_env()):
-        base = f"http://127.0.0.1:{port}"
-        wait_until_healthy(base)
+    with api_server("nodes-api", env=stack_env()) as base:
         tenant = make_tenant()
         session = requests.Session()
         session.headers.update(tenant.headers)

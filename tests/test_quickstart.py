@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import ROOT, TEST_DATABASE
+from tests.processes import api_server
 
 
 def cli(*args: str) -> str:
@@ -22,48 +21,10 @@ def cli(*args: str) -> str:
     return result.stdout.strip()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(docker_client):
-    port = free_port()
-    log_path = ROOT / ".test-logs" / f"dev-{TEST_DATABASE}.log"
-    log_path.parent.mkdir(exist_ok=True)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "dev", "--port", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(base, process, log_path)
+    with api_server(f"dev-{TEST_DATABASE}", "dev") as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-
-
-def wait_until_healthy(base: str, process: subprocess.Popen | None = None,
-                       log_path: Path | None = None) -> None:
-    deadline = time.monotonic() + 60
-    while not _healthy(base):
-        if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
-            log = log_path.read_text()[-3000:] if log_path else ""
-            raise RuntimeError(f"the API at {base} did not start:\n{log}")
-        time.sleep(0.3)
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return requests.get(f"{base}/v1/health", timeout=5).ok
-    except requests.RequestException:  # not listening yet, or still starting
-        return False
 
 
 def test_quick_start_imports_an_image_from_the_local_registry(server, pushed_image):

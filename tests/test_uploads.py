@@ -13,6 +13,7 @@ from sqlalchemy import update
 
 from app.db import transaction, utcnow
 from app.models import Image
+from tests.conftest import ROOT
 from tests.helpers import assert_error, create_image, create_source, get_image
 
 UPLOAD_ORIGIN = {"type": "cycle-upload"}
@@ -144,3 +145,25 @@ def test_a_multipart_upload_without_the_file_field_is_refused(api):
                         data={"other": (io.BytesIO(b"x"), "x.tar")},
                         content_type="multipart/form-data")
     assert_error(response, 422, "422.missing-argument", source="/file.tar")
+
+
+def test_an_upload_over_the_limit_is_refused_with_413(api, saved_image):
+    """An API of its own, started with a small upload limit; the tar is larger."""
+    import os
+
+    import requests
+
+    from tests.processes import api_server
+
+    env = {**os.environ, "IMAGEJOBS_UPLOAD_MAX_BYTES": "4096"}
+    with api_server("uploads-api", env=env) as base:
+        for multipart in (True, False):
+            image, token = new_upload_image(api)
+            url = f"{base}/v1/images/{image['id']}/upload?token={token}"
+            response = (requests.post(url, files={"file.tar": saved_image["tar"]}) if multipart
+                        else requests.post(url, data=saved_image["tar"]))
+            assert response.status_code == 413, response.text
+            assert response.json()["error"]["status"] == 413
+            assert get_image(api, image["id"])["state"]["current"] == "new"
+        log = (ROOT / ".test-logs" / "uploads-api.log").read_text()
+        assert token not in log  # the access log shows paths without their query

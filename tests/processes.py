@@ -1,0 +1,65 @@
+"""The project's own processes (API, workers) started by tests, stopped whatever happens."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+from tests.conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def imagejobs(name: str, *args: str, env: dict[str, str] | None = None
+              ) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """`imagejobs ARGS...` with its output in .test-logs/NAME.log; terminated at the end."""
+    log_path = ROOT / ".test-logs" / f"{name}.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with open(log_path, "w") as log:
+        child = subprocess.Popen([sys.executable, "-m", "app.cli", *args], stdout=log,
+                                 stderr=subprocess.STDOUT, cwd=ROOT, env=env or os.environ)
+    try:
+        yield child, log_path
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            raise
+
+
+@contextmanager
+def api_server(name: str, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """An API (`imagejobs api`, or `dev` when args say so) on a free port; yields its base URL."""
+    port = free_port()
+    command = args or ("api", "--workers", "1")
+    with imagejobs(name, *command, "--port", str(port), env=env) as (child, log_path):
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while not _healthy(base):
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the API at {base} did not start:\n"
+                                   f"{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield base
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/v1/health", timeout=5).ok
+    except requests.RequestException:  # not listening yet, or still starting
+        return False
