@@ -63,6 +63,8 @@ class Settings:
         default_factory=lambda: _int("IMAGEJOBS_REPUBLISH_SECONDS", 60))
     # A job not started within this long after it was created ends `expired`.
     job_ttl_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_JOB_TTL", 6 * 3600))
+    # A temporary fault (a registry or engine away) is retried after this, tripled each time.
+    retry_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_RETRY_SECONDS", 5))
     sweep_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_SWEEP_SECONDS", 5))
     page_size_max: int = field(default_factory=lambda: _int("IMAGEJOBS_PAGE_SIZE_MAX", 100))
     max_body_bytes: int = field(

@@ -22,6 +22,7 @@ os.environ["REDIS_URL"] = os.environ.get("IMAGEJOBS_TEST_REDIS", "redis://127.0.
 os.environ["IMAGEJOBS_SECRET_KEY"] = "test-secret-key-not-for-production"
 os.environ["IMAGEJOBS_NODE_ID"] = "test-node"
 os.environ["IMAGEJOBS_SWEEP_SECONDS"] = "1"
+os.environ["IMAGEJOBS_RETRY_SECONDS"] = "1"
 # Small enough that the tests reach them quickly: a server that never answers, a long build log.
 os.environ["IMAGEJOBS_FETCH_TIMEOUT"] = "3"
 os.environ["IMAGEJOBS_BUILD_LOG_MAX_CHARS"] = "200000"

@@ -45,12 +45,15 @@ class FileServer(_Server):
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.failures: dict[str, int] = {}
+        self.requests: dict[str, int] = {}
         self.stopping = threading.Event()
         super().__init__(_FileHandler)
 
-    def add(self, path: str, data: bytes) -> str:
-        """Serve `data` at `path`; returns its URL."""
+    def add(self, path: str, data: bytes, failures: int = 0) -> str:
+        """Serve `data` at `path`, after answering 503 to its first `failures` requests."""
         self.files[path] = data
+        self.failures[path] = failures
         return self.url(path)
 
     def close(self) -> None:
@@ -67,6 +70,10 @@ class _FileHandler(_QuietHandler):
         data = server.files.get(self.path)
         if data is None:
             self.send_error(404)
+            return
+        server.requests[self.path] = seen = server.requests.get(self.path, 0) + 1
+        if seen <= server.failures[self.path]:
+            self.send_error(503)
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/gzip")

@@ -175,6 +175,13 @@ def builder(api, docker_client, worker) -> Iterator[Builder]:
     builder.untag()
 
 
+def assert_log_ends_with_the_cause(log: str, job: dict) -> None:
+    """The log's last line names the cause; the job's message says it, and whether it was retried."""
+    last = log.rstrip("\n").rsplit("\n", 1)[-1]
+    assert last.startswith("ERROR: "), log[-500:]
+    assert job["state"]["error"]["message"].startswith(last[len("ERROR: "):])
+
+
 def assert_built(job: dict, image: dict, docker_client) -> None:
     """The job completed through the four build steps, in order, and the image is live."""
     assert job["state"]["current"] == "completed", job["state"]
@@ -355,9 +362,10 @@ BROKEN_BUILDS: dict[str, tuple[Callable[[Servers], dict[str, Any]], list[str]]] 
                                        "context_dir": "nope"},
                             ["context directory `/nope` is not in the build context"]),
     "url-not-found": (lambda s: {"targz_url": s.files.url("/nowhere.tar.gz")},
-                      ["answered 404", "/nowhere.tar.gz"]),
+                      ["answered 404", "/nowhere.tar.gz", "not retried"]),
     "url-never-answers": (lambda s: {"targz_url": s.files.url(FileServer.SILENT_PATH)},
-                          ["did not answer within 3 seconds"]),
+                          ["did not answer within 3 seconds", "a temporary fault",
+                           "given up after 3 attempts"]),
     "repo-not-found": (lambda s: {"repo": s.repo("public/nope.git")}, ["does not exist"]),
     "branch-not-found": (lambda s: {"repo": s.repo("public/app.git", branch="nope"),
                                     **REPO_DETAILS}, ["has no branch `nope`"]),
@@ -381,7 +389,24 @@ def test_a_build_that_cannot_work_ends_in_error_and_keeps_its_log(builder, serve
     if broken == "failing-run":
         assert "about to fail" in log and "returned a non-zero code: 3" in log
     else:
-        assert "ERROR: " + job["state"]["error"]["message"] in log
+        assert_log_ends_with_the_cause(log, job)
+
+
+def test_a_temporary_fault_is_retried_with_backoff_until_the_build_works(builder, servers):
+    url = servers.files.add(f"/{uuid.uuid4().hex}.tar.gz",
+                            targz({"Dockerfile": dockerfile()}), failures=2)
+
+    job, image = builder.build({"targz_url": url})
+
+    assert job["state"]["current"] == "completed", job["state"]
+    steps = [step["caption"] for step in job["tasks"][0]["steps"]]
+    assert steps == ["Fetch context", "Fetch context", *BUILD_STEPS]  # each attempt's, in order
+    assert_live_in_engine(image, builder.docker_client)
+    assert job["state"]["error"] is None and job["tasks"][0]["error"] is None
+    log = builder.log(image["id"])["log"]
+    assert [line for line in log.splitlines() if line.startswith("[imagejobs: build attempt")] == [
+        f"[imagejobs: build attempt {n} on node test-node]" for n in (1, 2, 3)]
+    assert log.count("answered 503") == 2
 
 
 @pytest.mark.parametrize("bad", list(BAD_MEMBERS))
@@ -392,7 +417,7 @@ def test_an_archive_with_a_bad_member_is_refused_and_writes_nothing_outside(buil
     job, image = builder.build({"targz_url": url})
 
     assert_failed(job, image, words)
-    assert "ERROR: " + job["state"]["error"]["message"] in builder.log(image["id"])["log"]
+    assert_log_ends_with_the_cause(builder.log(image["id"])["log"], job)
     assert found_anywhere(EVIL) == []
 
 
@@ -421,7 +446,7 @@ def test_registry_credentials_of_the_source_pull_a_private_base_image(builder, s
                                               "org.example.tier": "test", "org.example.built": "yes"}
     assert_failed(bad_job, bad_image, f"registry {AUTH_REGISTRY} refused the credentials")
     bad_log = builder.log(bad_image["id"])
-    assert bad_log["log"].endswith("ERROR: " + bad_job["state"]["error"]["message"] + "\n")
+    assert_log_ends_with_the_cause(bad_log["log"], bad_job)
     assert wrong not in json.dumps([bad_job, bad_image, bad_log])
 
 

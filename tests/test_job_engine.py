@@ -171,3 +171,25 @@ def test_steps_are_recorded_with_real_times(tenant):
     times = [t for s in steps for t in (s["started"], s["completed"])]
     assert "0001-01-01T00:00:00Z" not in times
     assert times == sorted(times)
+
+
+def test_a_job_retried_later_is_not_claimed_or_published_before_its_time(tenant):
+    job_id = new_job(tenant)
+    claim = engine.claim(job_id, "worker")
+    with engine.fenced(claim) as (session, job):
+        engine.retry_later(session, job, "registry away (a temporary fault)", delay_seconds=60)
+
+    job = load(job_id)
+    assert job.state == JobState.QUEUED and job.error_message.startswith("registry away")
+    assert engine.claim(job_id, "eager-worker") is None
+    engine.sweep()
+    assert load(job_id).published_at is None
+
+    set_job(job_id, schedule=utcnow() - timedelta(seconds=1))
+    again = engine.claim(job_id, "worker")
+    assert again is not None and again.attempt == 2
+    with engine.fenced(again) as (session, job):
+        engine.complete(session, job)
+    done = load(job_id)
+    assert done.state == JobState.COMPLETED and done.error_message is None
+    assert done.tasks[0]["error"] is None

@@ -24,11 +24,16 @@ log = logging.getLogger("imagejobs.worker")
 
 
 class JobFailed(Exception):
-    """The job cannot succeed; `message` says why, in words for the person who asked."""
+    """This attempt failed; `message` says why, in words for the person who asked.
 
-    def __init__(self, message: str):
+    A `transient` fault (a registry or engine away, a timeout) is tried again later, a bounded
+    number of times; any other is final.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False):
         super().__init__(message)
         self.message = message
+        self.transient = transient
 
 
 def worker_name() -> str:
@@ -92,7 +97,7 @@ def run(job_id: str, handler: Callable[[JobRun], None]) -> None:
     except LeaseLost:
         log.warning("job %s: another worker holds it now; this attempt stops", job_id)
     except JobFailed as exc:
-        _fail(claim, exc.message)
+        _fail(claim, exc.message, exc.transient)
     except Exception as exc:
         log.exception("job %s: unexpected error", job_id)
         _fail(claim, f"The job failed on an unexpected error in the worker "
@@ -101,10 +106,22 @@ def run(job_id: str, handler: Callable[[JobRun], None]) -> None:
         keeper.stopped.set()
 
 
-def _fail(claim: Claim, message: str) -> None:
-    log.info("job %s: error: %s", claim.job_id, message)
+def _fail(claim: Claim, message: str, transient: bool = False) -> None:
+    limit = get_settings().max_attempts
     try:
         with jobs.fenced(claim) as (session, job):
+            if transient and claim.attempt < limit:
+                delay = get_settings().retry_seconds * 3 ** (claim.attempt - 1)
+                message = (f"{message} (a temporary fault: attempt {claim.attempt} of {limit}; "
+                           f"trying again in {delay} s)")
+                log.info("job %s: will retry: %s", claim.job_id, message)
+                jobs.retry_later(session, job, message, delay)
+                return
+            if transient:
+                message = f"{message} (a temporary fault: given up after {claim.attempt} attempts)"
+            else:
+                message = f"{message} (not retried: trying again would not help)"
+            log.info("job %s: error: %s", claim.job_id, message)
             jobs.fail(session, job, message)
     except LeaseLost:
         log.warning("job %s: could not record its error; another worker holds it", claim.job_id)

@@ -47,7 +47,8 @@ def claim(job_id: str, owner: str) -> Claim | None:
         now = utcnow()
         row = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == JobState.QUEUED, Job.expires > now)
+            .where(Job.id == job_id, Job.state == JobState.QUEUED, Job.expires > now,
+                   Job.schedule <= now)
             .values(state=JobState.RUNNING, state_changed=now, attempt=Job.attempt + 1,
                     lease_owner=owner, lease_expires=now + timedelta(seconds=settings.lease_seconds),
                     started_at=func.coalesce(Job.started_at, now))
@@ -104,7 +105,8 @@ def complete_step(job: Job) -> None:
 def complete(session: Session, job: Job, output: dict[str, str] | None = None) -> None:
     complete_step(job)
     job.move_to(JobState.COMPLETED)
-    _set_task(job, state="completed", completed=True, output=output)
+    job.error_message = None  # a fault an earlier attempt met is over
+    _set_task(job, state="completed", completed=True, output=output, error=None)
 
 
 def fail(session: Session, job: Job, message: str) -> None:
@@ -112,6 +114,16 @@ def fail(session: Session, job: Job, message: str) -> None:
     complete_step(job)
     job.move_to(JobState.ERROR, error=message)
     _set_task(job, state="error", completed=True, error=message)
+    _release_subject(session, job, message)
+
+
+def retry_later(session: Session, job: Job, message: str, delay_seconds: float) -> None:
+    """Queue the job again after a temporary fault, to be claimed no sooner than the delay."""
+    complete_step(job)
+    job.move_to(JobState.QUEUED, error=message)
+    job.schedule = utcnow() + timedelta(seconds=delay_seconds)
+    job.lease_owner = job.lease_expires = job.published_at = None
+    _set_task(job, state="pending", error=message)
     _release_subject(session, job, message)
 
 
@@ -128,8 +140,11 @@ def _release_subject(session: Session, job: Job, message: str) -> None:
             source.move_to(SourceState.LIVE, error=message)
 
 
+_KEEP = object()  # leave the task's error as it is
+
+
 def _set_task(job: Job, *, state: str, started: bool = False, completed: bool = False,
-              output: dict[str, str] | None = None, error: str | None = None) -> None:
+              output: dict[str, str] | None = None, error: object = _KEEP) -> None:
     now = rfc3339(utcnow())
     task = dict(job.tasks[0])
     task["state"] = {"current": state, "changed": now}
@@ -141,8 +156,8 @@ def _set_task(job: Job, *, state: str, started: bool = False, completed: bool = 
     task["events"] = events
     if output is not None:
         task["output"] = output
-    if error is not None:
-        task["error"] = {"message": error}
+    if error is not _KEEP:
+        task["error"] = {"message": error} if error else None
     job.tasks = [task, *job.tasks[1:]]
 
 
@@ -199,7 +214,7 @@ def sweep() -> SweepReport:
                 _set_task(job, state="pending")
                 report.requeued += 1
         stale = now - timedelta(seconds=settings.republish_seconds)
-        to_publish = list(_locked(session, Job.state == JobState.QUEUED,
+        to_publish = list(_locked(session, Job.state == JobState.QUEUED, Job.schedule <= now,
                                   (Job.published_at.is_(None)) | (Job.published_at < stale),
                                   limit=500))
     for job in to_publish:

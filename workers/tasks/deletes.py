@@ -50,7 +50,7 @@ def _delete(job_run: JobRun) -> None:
                 if not dry_run:
                     engine.untag(file_name)
             except EngineError as exc:
-                raise JobFailed(exc.message) from None
+                raise JobFailed(exc.message, transient=exc.transient) from None
     _finish(job_run, image_id, "would be removed" if dry_run else "removed", dry_run)
 
 

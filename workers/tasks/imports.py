@@ -92,7 +92,7 @@ def _import(job_run: JobRun) -> None:
             engine.tag(file_id, tag, "latest")
         except EngineError as exc:
             _forget_upload(upload)
-            raise JobFailed(exc.message) from None
+            raise JobFailed(exc.message, transient=exc.transient) from None
 
     with job_run.write() as (session, job):
         image = session.get(Image, image_id, with_for_update=True)
@@ -182,7 +182,7 @@ def _build(job_run: JobRun, engine: Engine, image_id: str, details: dict[str, An
                                     on_output=build_log.append)
         except ContextError as exc:
             build_log.append(f"ERROR: {exc.message}\n")
-            raise JobFailed(exc.message) from None
+            raise JobFailed(exc.message, transient=exc.transient) from None
         except BuildFailed as exc:
             lines = "\n".join(build_log.last_lines(8))
             raise JobFailed(f"The build failed: {exc.message}\nThe last lines of its log:\n"
