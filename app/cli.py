@@ -122,6 +122,40 @@ def worker(queues: str | None, concurrency: int) -> None:
 
 
 @main.command()
+@click.option("--queue", default=None, help="The queue to probe (default: this node's own).")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait.")
+def health(queue: str | None, timeout: float) -> None:
+    """Send a canary through the broker; exit 0 once a worker consumed it, 1 if none did."""
+    import secrets as random_tokens
+
+    import redis
+
+    from app.jobs.queueing import producer
+
+    queue = queue or node_queue(get_settings().node_id)
+    token = random_tokens.token_hex(16)
+    key = f"imagejobs:canary:{token}"
+    client = redis.Redis.from_url(get_settings().redis_url)
+    started = time.monotonic()
+    try:
+        # The canary expires with the wait, so a deaf worker is not left a backlog of them.
+        producer().send_task("imagejobs.canary", args=[token], queue=queue, expires=timeout)
+        while time.monotonic() - started < timeout:
+            consumer = client.get(key)
+            if consumer:
+                click.echo(f"healthy: {consumer.decode()} consumed the canary on {queue} in "
+                           f"{(time.monotonic() - started) * 1000:.0f} ms")
+                client.delete(key)
+                return
+            time.sleep(0.1)
+    finally:
+        client.close()
+    click.echo(f"unhealthy: no worker consumed the canary on {queue} within {timeout:g} s",
+               err=True)
+    sys.exit(1)
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--concurrency", default=2, show_default=True)

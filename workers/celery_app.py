@@ -14,7 +14,8 @@ from app.jobs.queueing import make_celery
 log = logging.getLogger("imagejobs.sweeper")
 
 celery = make_celery(get_settings())
-celery.conf.include = ["workers.tasks.imports", "workers.tasks.deletes", "workers.tasks.prunes"]
+celery.conf.include = ["workers.tasks.imports", "workers.tasks.deletes", "workers.tasks.prunes",
+                       "workers.tasks.health"]
 celery.set_default()
 
 _stop_sweeping = threading.Event()
