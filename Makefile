@@ -31,7 +31,7 @@ run: install ## Start the API on http://127.0.0.1:8000 and a worker
 	@echo "  $(BIN)/imagejobs key create --hub \$$HUB"
 	@echo "then call the API with -H \"Authorization: Bearer <key>\" -H \"X-Hub-Id: \$$HUB\" (README)."
 	@echo
-	$(BIN)/imagejobs dev
+	IMAGEJOBS_ALLOWED_NETWORKS=$${IMAGEJOBS_ALLOWED_NETWORKS-127.0.0.1/32} $(BIN)/imagejobs dev
 
 test: install services ## Run the whole test suite against the real services
 	$(BIN)/pytest --ignore=tests/conformance $(PYTEST_ARGS)

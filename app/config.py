@@ -91,6 +91,9 @@ class Settings:
         default_factory=lambda: _int("IMAGEJOBS_UPLOAD_MAX_BYTES", 8 * 1024 * 1024 * 1024))
     upload_token_seconds: int = field(
         default_factory=lambda: _int("IMAGEJOBS_UPLOAD_TOKEN_TTL", 3600))
+    # Networks a user's URL may reach although they are loopback, private or link-local.
+    allowed_networks: str = field(
+        default_factory=lambda: os.environ.get("IMAGEJOBS_ALLOWED_NETWORKS", ""))
     # Engine calls (a pull of a large image) may take this long before the job errors.
     engine_timeout_seconds: int = field(
         default_factory=lambda: _int("IMAGEJOBS_ENGINE_TIMEOUT", 1800))

@@ -47,6 +47,7 @@ class FileServer(_Server):
         self.files: dict[str, bytes] = {}
         self.failures: dict[str, int] = {}
         self.requests: dict[str, int] = {}
+        self.redirects: dict[str, str] = {}
         self.stopping = threading.Event()
         super().__init__(_FileHandler)
 
@@ -54,6 +55,11 @@ class FileServer(_Server):
         """Serve `data` at `path`, after answering 503 to its first `failures` requests."""
         self.files[path] = data
         self.failures[path] = failures
+        return self.url(path)
+
+    def redirect(self, path: str, location: str) -> str:
+        """Answer `path` with a 302 to `location`; returns its URL."""
+        self.redirects[path] = location
         return self.url(path)
 
     def close(self) -> None:
@@ -66,6 +72,12 @@ class _FileHandler(_QuietHandler):
         server: FileServer = self.server.owner  # type: ignore[attr-defined]
         if self.path == server.SILENT_PATH:
             server.stopping.wait(server.SILENCE_SECONDS)
+            return
+        if self.path in server.redirects:
+            self.send_response(302)
+            self.send_header("Location", server.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         data = server.files.get(self.path)
         if data is None:

@@ -16,12 +16,13 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 
 from app.archives import ArchiveRefused, checked_name
 from app.config import get_settings
+from workers.netguard import AddressRefused, check_host
 
 
 class ContextError(Exception):
@@ -150,35 +151,63 @@ def pack_directory(root: Path, packer: Packer) -> None:
     packer.finish()
 
 
+MAX_REDIRECTS = 5
+
+
 def download(url: str, into: IO[bytes]) -> None:
-    """Fetch a tar.gz over http(s) into `into`, bounded in size and time."""
+    """Fetch a tar.gz over http(s) into `into`, bounded in size and time.
+
+    Redirects are followed here, not by the HTTP library, so that each hop's host is checked.
+    """
     settings = get_settings()
-    shown = redact(url)
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise ContextError(f"`{shown}` is not an http:// or https:// URL.")
     limit = settings.context_max_download_bytes
+    for _ in range(MAX_REDIRECTS + 1):
+        shown = redact(url)
+        _check_url(url)
+        try:
+            with requests.get(url, stream=True, timeout=(10, settings.fetch_timeout_seconds),
+                              allow_redirects=False) as response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers["Location"])
+                    continue
+                if response.status_code >= 400:
+                    raise ContextError(f"Fetching the build context from {shown} failed: the "
+                                       f"server answered {response.status_code} "
+                                       f"{response.reason}.",
+                                       transient=response.status_code >= 500)
+                received = 0
+                for block in response.iter_content(1024 * 1024):
+                    received += len(block)
+                    if received > limit:
+                        raise ContextError(f"The build context at {shown} is larger than the "
+                                           f"limit of {limit} bytes.")
+                    into.write(block)
+        except requests.Timeout:
+            raise ContextError(f"The server at {shown} did not answer within "
+                               f"{settings.fetch_timeout_seconds} seconds.",
+                               transient=True) from None
+        except requests.ConnectionError as exc:
+            raise ContextError(f"The build context at {shown} could not be fetched: the server "
+                               f"could not be reached ({type(exc).__name__}).",
+                               transient=True) from None
+        into.flush()
+        into.seek(0)
+        return
+    raise ContextError(f"Fetching the build context took more than {MAX_REDIRECTS} redirects.")
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ContextError(f"`{redact(url)}` is not an http:// or https:// URL.")
+    check_reachable(parts.hostname, parts.port)
+
+
+def check_reachable(host: str, port: int | None = None) -> None:
     try:
-        with requests.get(url, stream=True, timeout=(10, settings.fetch_timeout_seconds),
-                          allow_redirects=True) as response:
-            if response.status_code >= 400:
-                raise ContextError(f"Fetching the build context from {shown} failed: the server "
-                                   f"answered {response.status_code} {response.reason}.",
-                                   transient=response.status_code >= 500)
-            received = 0
-            for block in response.iter_content(1024 * 1024):
-                received += len(block)
-                if received > limit:
-                    raise ContextError(f"The build context at {shown} is larger than the "
-                                       f"limit of {limit} bytes.")
-                into.write(block)
-    except requests.Timeout:
-        raise ContextError(f"The server at {shown} did not answer within "
-                           f"{settings.fetch_timeout_seconds} seconds.", transient=True) from None
-    except requests.ConnectionError as exc:
-        raise ContextError(f"The build context at {shown} could not be fetched: the server "
-                           f"could not be reached ({type(exc).__name__}).", transient=True) from None
-    into.flush()
-    into.seek(0)
+        check_host(host, port)
+    except AddressRefused as exc:
+        raise ContextError(exc.message, transient=exc.transient) from None
 
 
 @dataclass(frozen=True)
@@ -207,9 +236,12 @@ def clone(repo: RepoSpec, scratch: Path) -> Path:
         name = repo.ref_value if repo.ref_type == "tag" else repo.branch
         branch = ["--branch", name] if name else []
         steps = [["clone", "--depth", "1", "--quiet", *branch, "--", repo.url, str(target)]]
+    check_reachable(*_repo_host(repo.url))
     for step in steps:
         try:
-            result = subprocess.run(["git", "-c", "credential.helper=", "-c",
+            result = subprocess.run(["git", "-c", "credential.helper=",
+                                     # A redirect could lead past the host check above.
+                                     "-c", "http.followRedirects=false", "-c",
                                      "core.askPass=" + env["GIT_ASKPASS"], *step],
                                     env=env, capture_output=True, text=True,
                                     timeout=settings.git_timeout_seconds, cwd=scratch)
@@ -220,6 +252,19 @@ def clone(repo: RepoSpec, scratch: Path) -> Path:
             raise ContextError(_git_failure(repo, shown, result.stderr))
     shutil.rmtree(target / ".git", ignore_errors=True)
     return target
+
+
+def _repo_host(url: str) -> tuple[str, int | None]:
+    """The host a repository URL reaches: `https://h/…`, `ssh://u@h:p/…` or scp-like `u@h:…`."""
+    if "://" in url:
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise ContextError(f"`{redact(url)}` names no host.")
+        return parts.hostname, parts.port
+    host = url.split(":", 1)[0].rsplit("@", 1)[-1]
+    if not host or "/" in host:
+        raise ContextError(f"`{redact(url)}` is not a repository URL this service can clone.")
+    return host, 22
 
 
 def _git_environment(repo: RepoSpec, scratch: Path) -> dict[str, str]:

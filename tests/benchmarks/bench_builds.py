@@ -28,6 +28,7 @@ os.environ.update({
     "REDIS_URL": "redis://127.0.0.1:6379/9",
     "IMAGEJOBS_SECRET_KEY": "benchmark-secret",
     "IMAGEJOBS_NODE_ID": "bench-node",
+    "IMAGEJOBS_ALLOWED_NETWORKS": "127.0.0.1/32",
     # Room for the whole 100,000-line log, so the figures cover every line.
     "IMAGEJOBS_BUILD_LOG_MAX_CHARS": str(16 * 1024 * 1024),
 })

@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import shared_task
 from sqlalchemy import select
@@ -36,6 +37,7 @@ from workers.context import (
     redact,
 )
 from workers.engine import BuildFailed, Engine, EngineError, RegistryAuth
+from workers.netguard import AddressRefused, check_host
 from workers.runner import JobFailed, JobRun, run
 
 DOCKER_HUB = "https://index.docker.io/v1/"
@@ -81,6 +83,8 @@ def _import(job_run: JobRun) -> None:
             elif origin["type"] == "cycle-upload":
                 file_id = _load_upload(engine, Path(get_settings().upload_dir) / upload)
             else:
+                if origin["type"] != "docker-hub":  # Docker Hub is the operator's (its mirror)
+                    _check_registry(reference.split("/", 1)[0])
                 file_id = engine.pull(reference, auth)
             with job_run.write() as (session, job):
                 session.get(Image, image_id, with_for_update=True).move_to(ImageState.VERIFYING)
@@ -143,6 +147,15 @@ def _forget_upload(upload: str | None) -> None:
         (Path(get_settings().upload_dir) / upload).unlink(missing_ok=True)
 
 
+def _check_registry(server: str) -> None:
+    """A registry a user named is reached only where a user's URL may lead."""
+    parts = urlsplit(f"//{server}")
+    try:
+        check_host(parts.hostname or server, parts.port)
+    except AddressRefused as exc:
+        raise JobFailed(exc.message, transient=exc.transient) from None
+
+
 def _open_build_log(session, image: Image, attempt: int) -> int:
     """A new import starts a fresh log; a retried attempt keeps what the last one printed."""
     build_log = session.scalar(select(BuildLog).where(BuildLog.image_id == image.id)
@@ -174,9 +187,10 @@ def _build(job_run: JobRun, engine: Engine, image_id: str, details: dict[str, An
                     job_run.step(job, "Build", f"Building {build_file} on node "
                                  f"{get_settings().node_id}")
                 for credential in details.get("credentials") or []:
+                    server = registry_host(credential.get("url") or "")
+                    _check_registry(server)
                     engine.login(RegistryAuth(credential.get("username") or "",
-                                              credential.get("token") or "",
-                                              registry_host(credential.get("url") or "")))
+                                              credential.get("token") or "", server))
                 return engine.build(packed, dockerfile=build_file,
                                     buildargs=dict(build.get("args") or {}), tag=f"{tag}:latest",
                                     on_output=build_log.append)
