@@ -51,6 +51,8 @@ def _delete_source(job_run: JobRun) -> None:
                         + "; ".join(f"{k}: {v}" for k, v in sorted(kept.items())) + ").")
     with job_run.write() as (session, job):
         source = session.get(ImageSource, source_id, with_for_update=True)
+        if source.state == SourceState.LIVE:  # an earlier attempt's fault put it back
+            source.move_to(SourceState.DELETING)
         if source.state != SourceState.DELETED:
             source.move_to(SourceState.DELETED)
         jobs.complete(session, job, {**outcome, "summary": summary(outcome, False)})
