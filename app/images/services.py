@@ -19,6 +19,7 @@ from app import errors
 from app.archives import ArchiveRefused, checked_name
 from app.config import get_settings
 from app.db import is_id, like_pattern, utcnow
+from app.filters import by_state
 from app.images.models import TRANSITIONAL, BuildLog, Image, ImageState
 from app.images.schemas import ImageCreate
 from app.jobs import queueing
@@ -223,15 +224,8 @@ IMAGE_SORTS = {"id": Image.id, "created": Image.id, "name": Image.name, "state":
 
 
 def images_query(hub_id: str, filters: dict[str, str], states: list[str]) -> Select[tuple[Image]]:
-    query = select(Image).where(Image.hub_id == hub_id)
-    if states:
-        unknown = set(states) - {s.value for s in ImageState}
-        if unknown:
-            raise errors.InvalidArgument(f"Unknown image state `{sorted(unknown)[0]}`.",
-                                         source="filter[state]")
-        query = query.where(Image.state.in_(states))
-    else:
-        query = query.where(Image.state != ImageState.DELETED)
+    query = by_state(select(Image).where(Image.hub_id == hub_id), Image.state, states,
+                     ImageState, "image", hidden=ImageState.DELETED)
     if "identifier" in filters:  # images answer to their source's identifier
         query = query.where(Image.source_id.in_(select(ImageSource.id).where(
             ImageSource.hub_id == hub_id, ImageSource.identifier == filters["identifier"])))

@@ -15,8 +15,7 @@ from app.hubs.models import Capability
 from app.images import services
 from app.images.models import Image
 from app.images.schemas import ImageCreate, ImagesTask, ImageTask, ImageUpdate
-from app.jobs.documents import job_descriptor
-from app.jobs.services import publish
+from app.jobs.views import accepted
 from app.sources.models import ImageSource
 from app.sources.views import source_document
 from app.web import db_session, fetch_page, list_query, parse_body, receive_upload
@@ -128,7 +127,7 @@ def update_image(image_id: str):
 @requires(Capability.IMAGES_MANAGE)
 def delete_image(image_id: str):
     session = db_session()
-    return _accepted(session, services.delete_image(session, current().hub_id, current().creator,
+    return accepted(session, services.delete_image(session, current().hub_id, current().creator,
                                                     image_id))
 
 
@@ -137,7 +136,7 @@ def delete_image(image_id: str):
 def create_image_task(image_id: str):
     parse_body(ImageTask)
     session = db_session()
-    return _accepted(session, services.import_image(session, current().hub_id, current().creator,
+    return accepted(session, services.import_image(session, current().hub_id, current().creator,
                                                     image_id))
 
 
@@ -146,7 +145,7 @@ def create_image_task(image_id: str):
 def create_images_task():
     body = parse_body(ImagesTask)
     session = db_session()
-    return _accepted(session, services.prune_images(
+    return accepted(session, services.prune_images(
         session, current().hub_id, current().creator, body.contents.source_ids,
         body.contents.dry_run))
 
@@ -165,15 +164,7 @@ def upload_image(image_id: str):
         job = services.accept_upload(session, image, received)
     finally:
         received.unlink(missing_ok=True)
-    return _accepted(session, job)
-
-
-def _accepted(session, job) -> tuple[dict[str, Any], int]:
-    """Commit, then publish: the job is in Postgres before the broker hears of it."""
-    session.commit()
-    publish(session, job)
-    session.commit()
-    return {"data": job_descriptor(job)}, 202
+    return accepted(session, job)
 
 
 @blueprint.get("/<image_id:image_id>/build-log")

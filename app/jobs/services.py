@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from app import errors
 from app.config import get_settings
 from app.db import is_id, like_pattern, new_id, rfc3339, utcnow
+from app.filters import by_state
 from app.jobs import queueing
 from app.jobs.models import ACTIVE, Job, JobState
 
@@ -99,13 +100,7 @@ JOB_SORTS = {"id": Job.id, "created": Job.id, "state": Job.state, "queued": Job.
 
 
 def jobs_query(hub_id: str, filters: dict[str, str], states: list[str]) -> Select[tuple[Job]]:
-    query = select(Job).where(Job.hub_id == hub_id)
-    if states:
-        unknown = set(states) - {s.value for s in JobState}
-        if unknown:
-            raise errors.InvalidArgument(f"Unknown job state `{sorted(unknown)[0]}`.",
-                                         source="filter[state]")
-        query = query.where(Job.state.in_(states))
+    query = by_state(select(Job).where(Job.hub_id == hub_id), Job.state, states, JobState, "job")
     if "range-start" in filters:
         query = query.where(Job.queued_at >= _time_filter(filters, "range-start"))
     if "range-end" in filters:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint
+from sqlalchemy.orm import Session
 
 from app.hubs.auth import current, requires
 from app.hubs.documents import creators_include
 from app.hubs.models import Capability
 from app.jobs import services
-from app.jobs.documents import job_document
+from app.jobs.documents import job_descriptor, job_document
 from app.jobs.models import Job
 from app.web import db_session, fetch_page, list_query
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+def accepted(session: Session, job: Job) -> tuple[dict[str, Any], int]:
+    """The 202 of a job-creating call: commit, then publish (Postgres hears first), describe."""
+    session.commit()
+    services.publish(session, job)
+    session.commit()
+    return {"data": job_descriptor(job)}, 202
 
 
 @blueprint.get("")

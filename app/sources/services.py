@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app import errors, vault
 from app.db import is_id, like_pattern
+from app.filters import by_state
 from app.images.models import Image, ImageState
 from app.jobs import queueing
 from app.jobs.models import Job
@@ -99,15 +100,8 @@ SOURCE_SORTS = {"id": ImageSource.id, "created": ImageSource.id, "name": ImageSo
 
 def sources_query(hub_id: str, filters: dict[str, str], states: list[str]
                   ) -> Select[tuple[ImageSource]]:
-    query = select(ImageSource).where(ImageSource.hub_id == hub_id)
-    if states:
-        unknown = set(states) - {s.value for s in SourceState}
-        if unknown:
-            raise errors.InvalidArgument(f"Unknown image source state `{sorted(unknown)[0]}`.",
-                                         source="filter[state]")
-        query = query.where(ImageSource.state.in_(states))
-    else:
-        query = query.where(ImageSource.state != SourceState.DELETED)
+    query = by_state(select(ImageSource).where(ImageSource.hub_id == hub_id), ImageSource.state,
+                     states, SourceState, "image source", hidden=SourceState.DELETED)
     if "identifier" in filters:
         query = query.where(ImageSource.identifier == filters["identifier"])
     if filters.get("search"):

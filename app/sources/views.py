@@ -10,8 +10,7 @@ from app.db import rfc3339
 from app.hubs.auth import current, requires
 from app.hubs.documents import creators_include
 from app.hubs.models import Capability
-from app.jobs.documents import job_descriptor
-from app.jobs.services import publish
+from app.jobs.views import accepted
 from app.sources import services
 from app.sources.models import ImageSource
 from app.sources.schemas import SourceCreate, SourceUpdate
@@ -99,8 +98,5 @@ def update_source(source_id: str):
 @requires(Capability.IMAGES_SOURCES_MANAGE)
 def delete_source(source_id: str):
     session = db_session()
-    job = services.delete_source(session, current().hub_id, current().creator, source_id)
-    session.commit()
-    publish(session, job)
-    session.commit()
-    return {"data": job_descriptor(job)}, 202
+    return accepted(session, services.delete_source(session, current().hub_id, current().creator,
+                                                    source_id))
