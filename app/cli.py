@@ -90,7 +90,17 @@ def api_command(host: str, port: int, workers: int) -> list[str]:
             str(workers), "--worker-class", "gthread", "--threads", "4", "--access-logfile",
             # The path without its query: upload tokens travel there and must not be logged.
             "-", "--access-logformat", '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
-            "--graceful-timeout", "20", "app.wsgi:app"]
+            # Idle connections stay open longer than a polling client waits between calls;
+            # at gunicorn's default of 2 s a reused connection races its own closing.
+            "--keep-alive", "30", "--graceful-timeout", "20", "app.wsgi:app"]
+
+
+def worker_environment() -> dict[str, str]:
+    """SIGTERM as Celery's cold shutdown: running tasks get IMAGEJOBS_SHUTDOWN_SECONDS, then stop.
+
+    A plain warm shutdown would wait for the longest build, however long it takes.
+    """
+    return {**os.environ, "REMAP_SIGTERM": "SIGQUIT"}
 
 
 def worker_command(queues: str, concurrency: int) -> list[str]:
@@ -118,7 +128,7 @@ def api(host: str, port: int, workers: int) -> None:
 def worker(queues: str | None, concurrency: int) -> None:
     """Run a Celery worker."""
     command = worker_command(queues or default_queues(), concurrency)
-    os.execv(command[0], command)
+    os.execve(command[0], command, worker_environment())
 
 
 @main.command()
@@ -166,7 +176,8 @@ def dev(host: str, port: int, concurrency: int) -> None:
     migrations.create_database_if_missing()
     migrations.upgrade()
     processes = [subprocess.Popen(api_command(host, port, 1)),
-                 subprocess.Popen(worker_command(default_queues(), concurrency))]
+                 subprocess.Popen(worker_command(default_queues(), concurrency),
+                                  env=worker_environment())]
 
     def stop(*_: object) -> None:
         for process in processes:

@@ -65,6 +65,10 @@ class Settings:
     job_ttl_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_JOB_TTL", 6 * 3600))
     # A temporary fault (a registry or engine away) is retried after this, tripled each time.
     retry_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_RETRY_SECONDS", 5))
+    # On SIGTERM a worker lets its running jobs finish for this long, then stops them; their
+    # leases lapse and other workers take them over.
+    shutdown_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("IMAGEJOBS_SHUTDOWN_SECONDS") or 20))
     sweep_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_SWEEP_SECONDS", 5))
     page_size_max: int = field(default_factory=lambda: _int("IMAGEJOBS_PAGE_SIZE_MAX", 100))
     max_body_bytes: int = field(

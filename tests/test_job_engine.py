@@ -93,7 +93,7 @@ def test_a_lapsed_lease_is_requeued_and_the_old_worker_is_fenced_out(tenant):
     assert engine.renew(new) is True
 
 
-def test_a_job_whose_workers_keep_dying_ends_in_error_and_frees_its_image(tenant):
+def image_of(tenant: Tenant) -> str:
     with transaction() as session:
         source = ImageSource(hub_id=tenant.hub_id, name="s", identifier="s",
                              origin={"type": "none"}, creator_type="api-key",
@@ -104,7 +104,25 @@ def test_a_job_whose_workers_keep_dying_ends_in_error_and_frees_its_image(tenant
                       origin=source.origin, creator_type="api-key", creator_id=tenant.key_id)
         session.add(image)
         session.flush()
-        image_id = image.id
+        return image.id
+
+
+def test_a_requeued_job_leaves_its_image_resting_until_the_next_attempt(tenant):
+    image_id = image_of(tenant)
+    job_id = new_job(tenant, action="image.test", subject_id=image_id)
+    claim = engine.claim(job_id, "doomed")
+    with engine.fenced(claim) as (session, _):
+        session.get(Image, image_id).move_to(ImageState.DOWNLOADING)
+    set_job(job_id, lease_expires=utcnow() - timedelta(seconds=1))
+    sweep_until(lambda: load(job_id).state == JobState.QUEUED)
+    with transaction() as session:
+        image = session.get(Image, image_id)
+        assert image.state == ImageState.NEW
+        assert "stopped responding" in image.state_error
+
+
+def test_a_job_whose_workers_keep_dying_ends_in_error_and_frees_its_image(tenant):
+    image_id = image_of(tenant)
     job_id = new_job(tenant, action="image.test", subject_id=image_id)
     for attempt in range(1, 4):
         claim = engine.claim(job_id, f"doomed-{attempt}")

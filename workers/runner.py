@@ -99,9 +99,12 @@ def run(job_id: str, handler: Callable[[JobRun], None]) -> None:
     except JobFailed as exc:
         _fail(claim, exc.message, exc.transient)
     except Exception as exc:
+        # Unexpected, so perhaps passing (the database restarting): tried again, a bounded
+        # number of times, like any temporary fault.
         log.exception("job %s: unexpected error", job_id)
         _fail(claim, f"The job failed on an unexpected error in the worker "
-                     f"({type(exc).__name__}); the worker log has the details under job {job_id}.")
+                     f"({type(exc).__name__}); the worker log has the details under job {job_id}.",
+              transient=True)
     finally:
         keeper.stopped.set()
 

@@ -212,6 +212,9 @@ def sweep() -> SweepReport:
                 job.lease_owner = job.lease_expires = None
                 job.published_at = None
                 _set_task(job, state="pending")
+                # What it worked on rests until the next attempt picks it up again.
+                _release_subject(session, job, f"The worker running attempt {job.attempt} "
+                                 "stopped responding; the job was queued again.")
                 report.requeued += 1
         stale = now - timedelta(seconds=settings.republish_seconds)
         to_publish = list(_locked(session, Job.state == JobState.QUEUED, Job.schedule <= now,

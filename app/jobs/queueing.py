@@ -42,6 +42,9 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # With SIGTERM read as Celery's cold shutdown (see `imagejobs worker`), a stopping worker
+        # waits this long for running tasks, then stops them instead of waiting for ever.
+        worker_soft_shutdown_timeout=settings.shutdown_seconds,
         task_default_queue=MAINTENANCE_QUEUE,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
