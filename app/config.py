@@ -61,6 +61,10 @@ class Settings:
     # A queued job nobody has claimed after this long is published to the broker again.
     republish_seconds: int = field(
         default_factory=lambda: _int("IMAGEJOBS_REPUBLISH_SECONDS", 60))
+    # A job the API committed but never published (it died in between) is published by the
+    # sweeper after this long; sooner would race the API's own publish and send it twice.
+    publish_grace_seconds: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_PUBLISH_GRACE_SECONDS", 5))
     # A job not started within this long after it was created ends `expired`.
     job_ttl_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_JOB_TTL", 6 * 3600))
     # A temporary fault (a registry or engine away) is retried after this, tripled each time.

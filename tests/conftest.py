@@ -23,6 +23,7 @@ os.environ["IMAGEJOBS_SECRET_KEY"] = "test-secret-key-not-for-production"
 os.environ["IMAGEJOBS_NODE_ID"] = "test-node"
 os.environ["IMAGEJOBS_SWEEP_SECONDS"] = "1"
 os.environ["IMAGEJOBS_RETRY_SECONDS"] = "1"
+os.environ["IMAGEJOBS_PUBLISH_GRACE_SECONDS"] = "2"
 # The tests' registries, git and file servers listen on 127.0.0.1, which users may not reach
 # unless the operator allows it; 127.0.0.2 and the rest of loopback stay refused.
 os.environ["IMAGEJOBS_ALLOWED_NETWORKS"] = "127.0.0.1/32"

@@ -192,6 +192,7 @@ def sweep() -> SweepReport:
     settings = get_settings()
     report = SweepReport()
     to_publish: list[Job] = []
+    requeued: list[Job] = []
     with transaction() as session:
         if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _SWEEP_LOCK}):
             return report
@@ -215,11 +216,14 @@ def sweep() -> SweepReport:
                 # What it worked on rests until the next attempt picks it up again.
                 _release_subject(session, job, f"The worker running attempt {job.attempt} "
                                  "stopped responding; the job was queued again.")
+                requeued.append(job)
                 report.requeued += 1
         stale = now - timedelta(seconds=settings.republish_seconds)
-        to_publish = list(_locked(session, Job.state == JobState.QUEUED, Job.schedule <= now,
-                                  (Job.published_at.is_(None)) | (Job.published_at < stale),
-                                  limit=500))
+        orphaned = now - timedelta(seconds=settings.publish_grace_seconds)
+        unpublished = Job.published_at.is_(None) & (Job.state_changed < orphaned)
+        to_publish = requeued + _locked(session, Job.state == JobState.QUEUED,
+                                        Job.schedule <= now,
+                                        unpublished | (Job.published_at < stale), limit=500)
     for job in to_publish:
         with transaction() as session:
             fresh = session.get(Job, job.id)
