@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SPEC_DIR ?= ../shared/cycle-api-spec
 PYTEST_ARGS ?=
+FAULT_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -42,10 +43,13 @@ conformance: install ## Compare the API with the Cycle spec extract (SPEC_DIR)
 bench: install services ## Benchmarks (figures with same-run baselines; asserts nothing)
 	$(BIN)/python -m tests.benchmarks.bench_builds
 
+faults: install services ## Fault injection: load + killed/frozen workers, flushed Redis (FAULT_ARGS="--seed 7 --jobs 40")
+	$(BIN)/python -m tests.faults.run $(FAULT_ARGS)
+
 lint: install ## ruff
 	$(BIN)/ruff check app workers tests
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .test-logs *.egg-info
 
-.PHONY: help install services run test conformance bench lint clean
+.PHONY: help install services run test conformance bench faults lint clean

@@ -34,11 +34,11 @@ os.environ.setdefault("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
 
 from app import create_app, migrations  # noqa: E402
 from app.db import transaction  # noqa: E402
 from app.hubs.services import create_hub, create_key  # noqa: E402
+from tests.support import dockerfile_context, recreate_database  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = "127.0.0.1:5000"
@@ -48,12 +48,7 @@ BASE_IMAGE = "imagejobs/busybox:latest"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-                          isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{TEST_DATABASE}"'))
-    admin.dispose()
+    recreate_database(TEST_DATABASE)
     migrations.upgrade()
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
 
@@ -192,15 +187,8 @@ class PushedImage:
 @pytest.fixture(scope="session")
 def pushed_image(docker_client) -> PushedImage:
     import io
-    import tarfile
 
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        data = DOCKERFILE.encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    context.seek(0)
+    context = io.BytesIO(dockerfile_context(DOCKERFILE, compress=False))
     image, _ = docker_client.images.build(fileobj=context, custom_context=True,
                                           tag="imagejobs-tests/configured:v1", rm=True)
     tag = uuid.uuid4().hex[:8]

@@ -6,14 +6,13 @@ addresses outside the tests' allowed network (127.0.0.1/32), so no traffic leave
 
 from __future__ import annotations
 
-import io
 import ipaddress
-import tarfile
 
 import pytest
 
 from tests.helpers import assert_failed, get_image, image_from, import_and_wait, registry_origin
 from tests.servers import FileServer
+from tests.support import dockerfile_context
 from workers.netguard import AddressRefused, check_address, check_host
 
 REFUSED = ["10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "127.0.0.2", "0.0.0.0",
@@ -53,13 +52,7 @@ def files():
 
 
 def small_context() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        data = b"FROM imagejobs/busybox:latest\n"
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return dockerfile_context("FROM imagejobs/busybox:latest\n")
 
 
 def refused(api, origin: dict, *words: str) -> None:

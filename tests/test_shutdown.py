@@ -6,10 +6,8 @@ the test's choice.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
-import tarfile
 import time
 import uuid
 
@@ -19,6 +17,7 @@ import requests
 from tests.conftest import make_tenant
 from tests.processes import api_server, imagejobs
 from tests.servers import FileServer
+from tests.support import dockerfile_context
 
 REDIS = "redis://127.0.0.1:6379/5"
 # Short enough to keep the test quick: a stopping worker gives its job 2 s, a lease lasts 3 s.
@@ -26,14 +25,8 @@ ENV = {"REDIS_URL": REDIS, "IMAGEJOBS_SHUTDOWN_SECONDS": "2", "IMAGEJOBS_LEASE_S
 
 
 def slow_context() -> bytes:
-    dockerfile = (f"FROM imagejobs/busybox:latest\nRUN echo {uuid.uuid4().hex} && "
-                  "for i in $(seq 1 8); do echo tick $i; sleep 1; done\n").encode()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    return buffer.getvalue()
+    return dockerfile_context(f"FROM imagejobs/busybox:latest\nRUN echo {uuid.uuid4().hex} && "
+                              "for i in $(seq 1 8); do echo tick $i; sleep 1; done\n")
 
 
 def started_worker(name: str, env: dict[str, str]):

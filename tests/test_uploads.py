@@ -15,6 +15,7 @@ from app.db import transaction, utcnow
 from app.models import Image
 from tests.conftest import ROOT
 from tests.helpers import assert_error, create_image, create_source, get_image
+from tests.support import dockerfile_context
 
 UPLOAD_ORIGIN = {"type": "cycle-upload"}
 
@@ -23,15 +24,10 @@ UPLOAD_ORIGIN = {"type": "cycle-upload"}
 def saved_image(docker_client):
     """A locally built image as `docker save` writes it, then removed from the engine."""
     tag = f"imagejobs-tests/upload:{uuid.uuid4().hex[:8]}"
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        dockerfile = (f"FROM imagejobs/busybox:latest\nRUN echo {tag} > /made-for\n"
-                      "LABEL purpose=upload\n").encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    context.seek(0)
-    image, _ = docker_client.images.build(fileobj=context, custom_context=True, tag=tag)
+    context = dockerfile_context(f"FROM imagejobs/busybox:latest\nRUN echo {tag} > /made-for\n"
+                                 "LABEL purpose=upload\n", compress=False)
+    image, _ = docker_client.images.build(fileobj=io.BytesIO(context), custom_context=True,
+                                          tag=tag)
     data = b"".join(image.save(named=True))
     docker_client.images.remove(tag)
     return {"tag": tag, "id": image.id, "tar": data}

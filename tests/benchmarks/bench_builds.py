@@ -34,11 +34,12 @@ os.environ.update({
 })
 
 import requests  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
 from app import migrations  # noqa: E402
 from app.db import transaction  # noqa: E402
 from app.hubs.services import create_hub, create_key  # noqa: E402
+from tests.support import recreate_database  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 DOCKERFILE = """\
@@ -84,12 +85,7 @@ def serve(directory: Path) -> str:
 
 
 def fresh_database() -> None:
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-                          isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{DATABASE}"'))
-    admin.dispose()
+    recreate_database(DATABASE)
     migrations.upgrade()
 
 

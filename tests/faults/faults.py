@@ -1,0 +1,151 @@
+"""The faults: a seeded schedule of kinds and moments, and the thread that injects them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import redis
+
+from tests.faults import LEASE_SECONDS, REDIS_URL
+from tests.faults.stack import Stack, children
+
+log = logging.getLogger("faults")
+
+KINDS = ("kill-worker", "kill-pool-child", "freeze-worker", "stop-all-workers", "flush-redis",
+         "commit-without-publish")
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    at: float  # seconds after the load started
+    target: int  # which worker / child, modulo how many there are then
+    seconds: float  # how long a freeze or a stop lasts
+
+    def describe(self) -> str:
+        return f"{self.kind} at +{self.at:.1f}s target={self.target} for={self.seconds:.1f}s"
+
+
+def plan_faults(rng: random.Random, kinds: list[str], count: int, span: float) -> list[Fault]:
+    """Every chosen kind at least once, then random ones, at sorted random moments in the span."""
+    chosen = list(kinds)
+    rng.shuffle(chosen)
+    chosen += [rng.choice(kinds) for _ in range(max(0, count - len(chosen)))]
+    moments = sorted(round(rng.uniform(2.0, max(3.0, span)), 1) for _ in chosen)
+    return [Fault(kind, at, rng.randrange(1000), _duration(rng, kind))
+            for kind, at in zip(chosen, moments, strict=True)]
+
+
+def _duration(rng: random.Random, kind: str) -> float:
+    if kind == "freeze-worker":  # longer than the lease, so another worker takes over
+        return round(rng.uniform(LEASE_SECONDS + 2, LEASE_SECONDS + 8), 1)
+    if kind == "stop-all-workers":
+        return round(rng.uniform(3, 10), 1)
+    return 0.0
+
+
+@dataclass
+class Injector:
+    stack: Stack
+    schedule: list[Fault]
+    orphan_jobs: list[str]  # filled by commit-without-publish: job ids the API never published
+    make_orphan: object  # () -> job id
+    injected: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    journal: list[str] = field(default_factory=list)
+    last_fault_end: float = 0.0
+    error: BaseException | None = None
+
+    def run(self, started: float, stop: threading.Event) -> None:
+        try:
+            for fault in self.schedule:
+                while not stop.wait(min(0.5, max(0.0, started + fault.at - time.monotonic()))):
+                    self._replace_crashed()
+                    if time.monotonic() >= started + fault.at:
+                        break
+                if stop.is_set():
+                    return
+                self.inject(fault, started)
+        except BaseException as exc:
+            self.error = exc
+
+    def inject(self, fault: Fault, started: float) -> None:
+        began = time.monotonic() - started
+        note = getattr(self, "_" + fault.kind.replace("-", "_"))(fault)
+        if note.startswith("skipped"):
+            self.skipped[fault.kind] += 1
+        else:
+            self.injected[fault.kind] += 1
+        self.last_fault_end = time.monotonic()
+        self.journal.append(f"+{began:6.1f}s..+{time.monotonic() - started:.1f}s {fault.kind}: "
+                            f"{note}")
+
+    def _replace_crashed(self) -> None:
+        for worker in self.stack.replace_crashed():
+            self.journal.append(f"worker {worker.name} (pid {worker.pid}) exited by itself "
+                                f"with {worker.popen.returncode}; started another")
+
+    def _pick(self, fault: Fault):
+        running = self.stack.running()
+        return running[fault.target % len(running)] if running else None
+
+    def _kill_worker(self, fault: Fault) -> str:
+        worker = self._pick(fault)
+        if worker is None:
+            return "skipped (no worker running)"
+        worker.expected_exit = True
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.popen.wait()
+        self.stack.start_worker()
+        return f"SIGKILL {worker.name} pid {worker.pid}; started another"
+
+    def _kill_pool_child(self, fault: Fault) -> str:
+        worker = self._pick(fault)
+        pool = children(worker.pid) if worker else []
+        if not pool:
+            return "skipped (no pool child)"
+        pid = pool[fault.target % len(pool)]
+        os.kill(pid, signal.SIGKILL)
+        return f"SIGKILL pool child {pid} of {worker.name}"
+
+    def _freeze_worker(self, fault: Fault) -> str:
+        worker = self._pick(fault)
+        if worker is None:
+            return "skipped (no worker running)"
+        os.killpg(worker.pid, signal.SIGSTOP)  # its group: the main process and its pool
+        try:
+            time.sleep(fault.seconds)
+        finally:
+            os.killpg(worker.pid, signal.SIGCONT)
+        return f"SIGSTOP {worker.name} (and its pool) for {fault.seconds:.1f}s, then SIGCONT"
+
+    def _stop_all_workers(self, fault: Fault) -> str:
+        names = [w.name for w in self.stack.running()]
+        stopping = time.monotonic()
+        self.stack.stop_workers()
+        stopped_in = time.monotonic() - stopping
+        time.sleep(fault.seconds)
+        self.stack.start_workers()
+        return (f"SIGTERM {', '.join(names)} (all exited in {stopped_in:.1f}s), "
+                f"{fault.seconds:.1f}s without workers, started {self.stack.worker_count}")
+
+    def _flush_redis(self, fault: Fault) -> str:
+        client = redis.Redis.from_url(REDIS_URL)  # this harness's own db only
+        try:
+            keys = client.dbsize()
+            client.flushdb()
+        finally:
+            client.close()
+        return f"FLUSHDB on {REDIS_URL} ({keys} keys)"
+
+    def _commit_without_publish(self, fault: Fault) -> str:
+        job_id = self.make_orphan()  # type: ignore[operator]
+        self.orphan_jobs.append(job_id)
+        return f"job {job_id} committed, never published"

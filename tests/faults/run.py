@@ -1,0 +1,222 @@
+"""Fault injection run: a mixed load on one API and N workers while faults land, then the verdict.
+
+    python -m tests.faults.run [--seed N] [--jobs N] [--workers N] [--faults LIST]
+
+Exits 1 when a job was lost, an effect was done twice (or the engine disagrees with Postgres),
+or an image was left in between states; errored jobs are fine when their message says why.
+
+The environment (database imagejobs_faults, Redis db 6, short leases) is set by the package
+`tests.faults`, which Python imports before this module, so before any `app` module reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from app import migrations
+from app.db import transaction
+from app.hubs.services import create_hub, create_key
+from app.images.services import import_image
+from tests.faults import DATABASE, REDIS_URL
+from tests.faults.checks import (
+    Report,
+    check_effects,
+    check_stuck,
+    count_jobs,
+    grep_logs,
+    scan_crashes,
+    wait_terminal,
+)
+from tests.faults.faults import KINDS, Injector, plan_faults
+from tests.faults.load import (
+    Api,
+    ContextServer,
+    HarnessImage,
+    Load,
+    plan_load,
+    wait_plan_seconds,
+)
+from tests.faults.stack import Stack
+from tests.support import recreate_database
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=None, help="default: a random one (printed)")
+    parser.add_argument("--jobs", type=int, default=40, help="job-creating API calls to make")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--faults", default=",".join(KINDS),
+                        help=f"comma-separated kinds (default: all): {', '.join(KINDS)}")
+    parser.add_argument("--settle-timeout", type=float, default=180,
+                        help="seconds after the last fault for every job to end")
+    args = parser.parse_args(argv)
+    args.faults = [k.strip() for k in args.faults.split(",") if k.strip()]
+    unknown = sorted(set(args.faults) - set(KINDS))
+    if unknown:
+        parser.error(f"unknown fault kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1_000_000)
+    return args
+
+
+def fresh_database() -> None:
+    recreate_database(DATABASE)
+    migrations.upgrade()
+    client = redis.Redis.from_url(REDIS_URL)  # this harness's own db only
+    client.flushdb()
+    client.close()
+
+
+def make_tenant() -> tuple[dict[str, str], dict[str, str]]:
+    """Headers for the API, and the creator a job made behind the API's back names."""
+    with transaction() as session:
+        hub = create_hub(session, "faults")
+        key, secret = create_key(session, hub.id, "faults")
+        return ({"Authorization": f"Bearer {secret}", "X-Hub-Id": hub.id},
+                {"hub_id": hub.id, "id": key.id, "type": "api-key"})
+
+
+def orphan_maker(load: Load, tenant: dict[str, str]):
+    """'The API died between commit and publish': a committed import nobody ever publishes."""
+
+    def make() -> str:
+        source_id = load.sources["import"][0]
+        image = load.api.data("POST", "/v1/images", json={"source_id": source_id})
+        with transaction() as session:
+            job = import_image(session, tenant["hub_id"],
+                               {"id": tenant["id"], "type": tenant["type"]}, image["id"])
+            job_id = job.id
+        load.images.append(HarnessImage(image["id"], "import", source_id, import_requests=1))
+        return job_id
+
+    return make
+
+
+def print_plan(load: Load, injector: Injector) -> None:
+    print("The seed fixes the sequence of actions and faults below; their timing (and so what a "
+          "delete hits, which worker a fault lands on, how jobs interleave) differs run to run.")
+    kinds = {}
+    for action in load.plan:
+        kinds[action.kind] = kinds.get(action.kind, 0) + 1
+    print(f"load plan: {len(load.plan)} calls {kinds}, over about "
+          f"{wait_plan_seconds(load.plan):.0f} s")
+    for fault in injector.schedule:
+        print(f"  fault plan: {fault.describe()}")
+    sys.stdout.flush()
+
+
+def play(stack: Stack, load: Load, injector: Injector) -> None:
+    stop = threading.Event()
+    started = time.monotonic()
+    threads = [threading.Thread(target=load.run, args=(stop,), name="load"),
+               threading.Thread(target=injector.run, args=(started, stop), name="faults")]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+                if load.error or injector.error:
+                    stop.set()
+    except BaseException:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        raise
+    for failure in (load.error, injector.error):
+        if failure is not None:
+            raise RuntimeError(f"the harness itself failed: {failure!r}") from failure
+    injector._replace_crashed()
+    print(f"load and faults done after {time.monotonic() - started:.1f} s")
+
+
+def judge(seed: int, stack: Stack, load: Load, injector: Injector, timeout: float) -> Report:
+    report = Report(seed)
+    since = injector.last_fault_end or time.monotonic()
+    report.settle_seconds = wait_terminal(since, timeout)
+    count_jobs(report)
+    check_stuck(report)
+    check_effects(report, load.images)
+    logs = [w.log_path for w in stack.workers]
+    report.crashes = [f"worker {w.name} exited by itself ({w.popen.returncode})"
+                      for w in stack.crashed()] + scan_crashes(logs)
+    orphans = stack.orphans()
+    if orphans:
+        report.notes.append(f"{len(orphans)} pool children of killed workers still alive at the "
+                            f"end: {orphans}")
+    return report
+
+
+def print_report(report: Report, load: Load, injector: Injector, stack: Stack) -> None:
+    print("\nfaults injected (journal):")
+    for line in injector.journal:
+        print(f"  {line}")
+    print("\napi answers:")
+    for key, count in sorted(load.answers.items()):
+        print(f"  {count:4d}  {key}")
+    print(f"\n=== seed {report.seed} ===")
+    print(report.summary())
+    for kind in KINDS:
+        if injector.injected[kind] or injector.skipped[kind]:
+            print(f"  fault {kind:24s} injected {injector.injected[kind]}"
+                  + (f" (skipped {injector.skipped[kind]})" if injector.skipped[kind] else ""))
+    print("jobs by attempts (claims): " + ", ".join(
+        f"{n} attempt(s): {c}" for n, c in sorted(report.attempts.items())))
+    if report.errors:
+        print("error messages (first 80 characters):")
+        for message, count in report.errors.most_common():
+            print(f"  {count:4d}  {message}")
+    logs = [w.log_path for w in stack.workers]
+    for title, items in (("LOST", report.lost), ("DONE TWICE / ENGINE DISAGREES", report.twice),
+                         ("STUCK", report.stuck)):
+        for item in items:
+            print(f"{title}: {item}")
+            subject = item.split()[1]
+            for line in grep_logs(logs, subject):
+                print(f"    {line}")
+    for line in report.crashes:
+        print(f"crash: {line}")
+    for note in report.notes:
+        print(f"note: {note}")
+    print("verdict:", "FAIL" if report.failed else "ok")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"seed {args.seed}", flush=True)
+    rng = random.Random(args.seed)
+    plan = plan_load(rng, args.jobs)
+    schedule = plan_faults(rng, args.faults, max(len(args.faults), args.jobs // 5),
+                           wait_plan_seconds(plan))
+    fresh_database()
+    headers, tenant = make_tenant()
+    stack = Stack(args.workers, log_prefix=f"faults-{args.seed}")
+    with tempfile.TemporaryDirectory(prefix="imagejobs-faults-") as scratch:
+        contexts = ContextServer(Path(scratch))
+        try:
+            api = Api(stack.start_api(), headers)
+            load = Load(api, contexts, plan)
+            injector = Injector(stack, schedule, [], orphan_maker(load, tenant))
+            print_plan(load, injector)
+            stack.start_workers()
+            load.make_sources()
+            play(stack, load, injector)
+            report = judge(args.seed, stack, load, injector, args.settle_timeout)
+            print_report(report, load, injector, stack)
+        finally:
+            stack.close()
+            contexts.close()
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Small pieces shared by the tests, the benchmark and the fault harness.
+
+Nothing here reads settings, so any of them may import it before putting its environment in place.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+from sqlalchemy import create_engine, text
+
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def recreate_database(name: str) -> None:
+    """Drop `name` (whoever is connected) and create it empty."""
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+
+
+def dockerfile_context(dockerfile: str, compress: bool = True) -> bytes:
+    """A build context holding only `dockerfile`: a .tar.gz, or a plain tar for the engine."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if compress else "w") as tar:
+        data = dockerfile.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
