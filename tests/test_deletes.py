@@ -176,6 +176,33 @@ def test_a_prune_removes_the_free_images_and_keeps_the_used_ones(
     assert get_image(api, bystander["id"])["state"]["current"] == "live"
 
 
+def test_a_prune_keeps_an_image_whose_import_is_queued(api, tenant, live_image):
+    free = live_image()
+    waiting = create_image(api, live_image.source["id"])
+    import_id = queued_import(tenant, waiting["id"])
+
+    job = prune(api, [live_image.source["id"]])
+
+    output = job["tasks"][0]["output"]
+    assert output[free["id"]] == "removed"
+    assert output[waiting["id"]] == "kept: an import of it is queued"
+    assert get_image(api, waiting["id"])["state"]["current"] == "new"
+    assert api.get(f"/v1/jobs/{import_id}").get_json()["data"]["state"]["current"] == "queued"
+
+
+def queued_import(tenant, image_id: str) -> str:
+    """An import waiting its turn: on a queue no worker reads, as when every worker is busy."""
+    from app.db import transaction
+    from app.jobs.services import NewTask, create_job
+
+    with transaction() as session:
+        return create_job(session, hub_id=tenant.hub_id, action="image.import",
+                          creator={"id": tenant.key_id, "type": "api-key"},
+                          queue="imagejobs-test-idle", caption="Import image",
+                          subject_id=image_id, task=NewTask(header="import", caption="Import",
+                                                            input={"image_id": image_id})).id
+
+
 @pytest.mark.parametrize("contents, status, code", [
     ({"source_ids": []}, 422, "422.invalid-input"),
     ({}, 422, "422.missing-argument"),

@@ -109,7 +109,7 @@ def image_of(tenant: Tenant) -> str:
 
 def test_a_requeued_job_leaves_its_image_resting_until_the_next_attempt(tenant):
     image_id = image_of(tenant)
-    job_id = new_job(tenant, action="image.test", subject_id=image_id)
+    job_id = new_job(tenant, action="image.import", subject_id=image_id)
     claim = engine.claim(job_id, "doomed")
     with engine.fenced(claim) as (session, _):
         session.get(Image, image_id).move_to(ImageState.DOWNLOADING)
@@ -123,7 +123,7 @@ def test_a_requeued_job_leaves_its_image_resting_until_the_next_attempt(tenant):
 
 def test_a_job_whose_workers_keep_dying_ends_in_error_and_frees_its_image(tenant):
     image_id = image_of(tenant)
-    job_id = new_job(tenant, action="image.test", subject_id=image_id)
+    job_id = new_job(tenant, action="image.import", subject_id=image_id)
     for attempt in range(1, 4):
         claim = engine.claim(job_id, f"doomed-{attempt}")
         assert claim is not None and claim.attempt == attempt
@@ -141,6 +141,28 @@ def test_a_job_whose_workers_keep_dying_ends_in_error_and_frees_its_image(tenant
         image = session.get(Image, image_id)
         assert image.state == ImageState.NEW
         assert "given up" in image.state_error
+
+
+def test_an_import_that_ends_while_its_image_is_being_deleted_leaves_it_to_the_delete(tenant):
+    image_id = image_of(tenant)
+    failing = new_job(tenant, action="image.import", subject_id=image_id)
+    expiring = new_job(tenant, action="image.import", subject_id=image_id)
+    dry_run = new_job(tenant, action="image.delete", subject_id=image_id,
+                      task_input={"image_id": image_id, "dry_run": True})
+    with transaction() as session:  # a delete was accepted while the imports waited
+        session.get(Image, image_id).move_to(ImageState.DELETING)
+
+    for job_id in (failing, dry_run):
+        claim = engine.claim(job_id, "worker")
+        with engine.fenced(claim) as (session, job):
+            engine.fail(session, job, "The image was deleted before its import started.")
+    set_job(expiring, expires=utcnow() - timedelta(seconds=1))
+    sweep_until(lambda: load(expiring).state == JobState.EXPIRED)
+
+    with transaction() as session:
+        image = session.get(Image, image_id)
+        assert image.state == ImageState.DELETING
+        assert image.state_error is None
 
 
 def test_a_job_not_started_before_it_expires_ends_expired(tenant):

@@ -38,8 +38,8 @@ IMAGE_STATES = StateMachine("image", {
     S.SAVING: {S.LIVE, S.NEW},
     S.DELETING: {S.DELETED, S.LIVE, S.NEW},
 }, final={S.DELETED})
-TRANSITIONAL = frozenset({S.UPLOADING, S.DOWNLOADING, S.BUILDING, S.VERIFYING, S.SAVING,
-                          S.DELETING})
+IMPORTING = frozenset({S.UPLOADING, S.DOWNLOADING, S.BUILDING, S.VERIFYING, S.SAVING})
+TRANSITIONAL = IMPORTING | {S.DELETING}
 
 EMPTY_CONFIG: dict[str, Any] = {
     "user": "", "ports": [], "env": {}, "labels": {}, "command": [], "entrypoint": [],

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 import app.models  # noqa: F401  (the job engine touches every domain's tables)
 from app.config import get_settings
 from app.db import rfc3339, transaction, utcnow
-from app.images.models import Image
+from app.images.models import IMPORTING, TRANSITIONAL, Image, ImageState
 from app.jobs import services
 from app.jobs.models import Job, JobState
 from app.sources.models import ImageSource, SourceState
@@ -132,12 +132,24 @@ def _release_subject(session: Session, job: Job, message: str) -> None:
         return
     if job.action.startswith("image."):
         image = session.get(Image, job.subject_id, with_for_update=True)
-        if image is not None:
+        # An image another job is working on (a delete, while a stale import gives up) is that
+        # job's to release; this one leaves it alone.
+        if image is not None and image.state != ImageState.DELETED and (
+                image.state in _states_held(job) or image.state not in TRANSITIONAL):
             image.fail(message)
     elif job.action.startswith("source."):
         source = session.get(ImageSource, job.subject_id, with_for_update=True)
         if source is not None and source.state == SourceState.DELETING:
             source.move_to(SourceState.LIVE, error=message)
+
+
+def _states_held(job: Job) -> frozenset[ImageState]:
+    """The in-between states the work of this job puts its image in: the only ones it undoes."""
+    if job.action == "image.import":
+        return IMPORTING
+    if job.action == "image.delete" and not job.input.get("dry_run"):
+        return frozenset({ImageState.DELETING})
+    return frozenset()
 
 
 _KEEP = object()  # leave the task's error as it is

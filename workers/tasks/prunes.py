@@ -10,12 +10,13 @@ import time
 
 from celery import shared_task
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.db import transaction
 from app.images.models import TRANSITIONAL, Image, ImageState
 from app.images.services import queue_delete
 from app.jobs import engine as jobs
-from app.jobs.models import JOB_STATES, Job
+from app.jobs.models import ACTIVE, JOB_STATES, Job
 from app.jobs.services import publish
 from app.sources.models import ImageSource, SourceState
 from workers.runner import JobFailed, JobRun, run
@@ -64,15 +65,18 @@ def remove_images(job_run: JobRun, source_ids: list[str], dry_run: bool) -> dict
     children: dict[str, str] = {}
     with job_run.write() as (session, job):
         jobs.start_step(job, "Plan", "Finding the images of the sources")
-        images = session.scalars(select(Image).where(
+        images = list(session.scalars(select(Image).where(
             Image.hub_id == job.hub_id, Image.source_id.in_(source_ids),
-            Image.state != ImageState.DELETED).order_by(Image.id).with_for_update())
+            Image.state != ImageState.DELETED).order_by(Image.id).with_for_update()))
         creator = {"id": job.creator_id, "type": job.creator_type}
+        importing = _awaiting_import(session, [image.id for image in images])
         for image in images:
             if image.state == ImageState.DELETING:
                 outcome[image.id] = "kept: another job is deleting it"
             elif image.state in TRANSITIONAL:
                 outcome[image.id] = f"kept: it is {image.state} (an import is running)"
+            elif image.id in importing:
+                outcome[image.id] = "kept: an import of it is queued"
             else:
                 child = queue_delete(session, image, creator, {
                     "image_id": image.id, "dry_run": dry_run, "requested_by": job.id})
@@ -86,6 +90,15 @@ def remove_images(job_run: JobRun, source_ids: list[str], dry_run: bool) -> dict
             publish(session, child)
     outcome.update(_wait_for(job_run, children))
     return outcome
+
+
+def _awaiting_import(session: Session, image_ids: list[str]) -> set[str]:
+    """Images someone asked to import whose import has not ended: a prune leaves them be.
+
+    The images are locked, and asking for an import locks its image too, so none can slip in.
+    """
+    return set(session.scalars(select(Job.subject_id).where(
+        Job.action == "image.import", Job.subject_id.in_(image_ids), Job.state.in_(ACTIVE))))
 
 
 def _wait_for(job_run: JobRun, children: dict[str, str]) -> dict[str, str]:
