@@ -6,7 +6,12 @@ nothing but the test moves them.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -91,6 +96,61 @@ def test_a_lapsed_lease_is_requeued_and_the_old_worker_is_fenced_out(tenant):
         engine.complete(session, job)
     assert load(job_id).state == JobState.RUNNING
     assert engine.renew(new) is True
+
+
+FROZEN_INSIDE = """
+import sys, time
+from app.jobs import engine
+what, job_id = sys.argv[1], sys.argv[2]
+if what == "sweep":
+    with engine.holding_locks() as session:
+        assert engine.take_sweep_lock(session)
+        print("holding", flush=True)
+        time.sleep(60)
+else:
+    claim = engine.claim(job_id, "frozen-worker")
+    try:
+        with engine.fenced(claim) as (session, job):
+            print("holding", flush=True)
+            time.sleep(6)
+            engine.complete(session, job)
+        print("completed it", flush=True)
+    except Exception as exc:
+        print("could not complete:", type(exc).__name__, flush=True)
+"""
+
+
+@contextlib.contextmanager
+def frozen_inside(what: str, job_id: str) -> Iterator[subprocess.Popen]:
+    """A worker that stops (as if frozen) inside a transaction holding the sweep or a job."""
+    child = subprocess.Popen([sys.executable, "-c", FROZEN_INSIDE, what, job_id], text=True,
+                             stdout=subprocess.PIPE, env={**os.environ,
+                                                          "IMAGEJOBS_LEASE_SECONDS": "2"})
+    try:
+        assert child.stdout.readline().strip() == "holding"
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_worker_frozen_while_sweeping_does_not_stop_the_sweeps(tenant):
+    job_id = new_job(tenant)
+    engine.claim(job_id, "crashed-worker")
+    set_job(job_id, lease_expires=utcnow() - timedelta(seconds=1))
+    with frozen_inside("sweep", job_id):
+        sweep_until(lambda: load(job_id).state == JobState.QUEUED, timeout=20)
+
+
+def test_a_worker_frozen_mid_write_loses_the_job_and_cannot_finish_it_when_it_wakes(tenant):
+    job_id = new_job(tenant)
+    with frozen_inside("write", job_id) as child:
+        sweep_until(lambda: load(job_id).state == JobState.QUEUED, timeout=20)
+        assert engine.claim(job_id, "second-worker") is not None
+        woke = child.stdout.readline()
+    assert woke.startswith("could not complete"), woke
+    job = load(job_id)
+    assert (job.state, job.lease_owner, job.attempt) == (JobState.RUNNING, "second-worker", 2)
 
 
 def image_of(tenant: Tenant) -> str:

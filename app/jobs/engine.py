@@ -75,9 +75,27 @@ def renew(claim: Claim) -> bool:
 
 
 @contextmanager
+def holding_locks() -> Iterator[Session]:
+    """A transaction whose locks others wait for, which Postgres ends once it sits idle for a lease.
+
+    A worker frozen (or stuck) inside it would otherwise hold a job row, or the sweep, for as long
+    as it is frozen; this way its session dies, the locks go, and its own commit fails later.
+    """
+    with transaction() as session:
+        session.execute(text("SELECT set_config('idle_in_transaction_session_timeout', :ms, true)"),
+                        {"ms": str(get_settings().lease_seconds * 1000)})
+        yield session
+
+
+def take_sweep_lock(session: Session) -> bool:
+    """True if this transaction may sweep: one sweeper at a time, until it ends."""
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _SWEEP_LOCK}))
+
+
+@contextmanager
 def fenced(claim: Claim) -> Iterator[tuple[Session, Job]]:
     """A transaction in which the job is locked and still this claim's, or LeaseLost."""
-    with transaction() as session:
+    with holding_locks() as session:
         job = session.scalar(select(Job).where(
             Job.id == claim.job_id, Job.attempt == claim.attempt, Job.state == JobState.RUNNING
         ).with_for_update())
@@ -205,8 +223,8 @@ def sweep() -> SweepReport:
     report = SweepReport()
     to_publish: list[Job] = []
     requeued: list[Job] = []
-    with transaction() as session:
-        if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _SWEEP_LOCK}):
+    with holding_locks() as session:
+        if not take_sweep_lock(session):
             return report
         now = utcnow()
         for job in _locked(session, Job.state == JobState.QUEUED, Job.expires <= now):
