@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
@@ -31,3 +32,19 @@ def dockerfile_context(dockerfile: str, compress: bool = True) -> bytes:
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (a worker's pool), read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it ended while we looked
+            continue
+        # The command name is in parentheses and may hold spaces: split after its closing one.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
