@@ -1,13 +1,15 @@
 """Loopback servers the build tests fetch contexts from: plain files over HTTP, and git over HTTP.
 
-Both listen on 127.0.0.1 on a free port and serve from a thread of the test process, so a real
-worker process reaches them the way it would reach any server.
+Both listen on 127.0.0.1 on a free port (or on the address, port and TLS context given) and serve
+from a thread of the test process, so a real worker process reaches them the way it would reach
+any server.
 """
 
 from __future__ import annotations
 
 import base64
 import shutil
+import ssl
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -18,14 +20,18 @@ from pathlib import Path
 class _Server:
     """A ThreadingHTTPServer on loopback running in a daemon thread; `url(path)` addresses it."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler]):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    def __init__(self, handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1",
+                 port: int = 0, tls: ssl.SSLContext | None = None):
+        self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.owner = self  # type: ignore[attr-defined]  (handlers reach their server's state)
+        self.host, self.scheme = host, "https" if tls else "http"
+        if tls:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
+        return f"{self.scheme}://{self.host}:{self.httpd.server_port}{path}"
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -38,18 +44,23 @@ class _QuietHandler(BaseHTTPRequestHandler):
 
 
 class FileServer(_Server):
-    """Serves bytes registered with `add`; 404 for anything else; `SILENT_PATH` never answers."""
+    """Serves bytes registered with `add`; 404 for anything else; `SILENT_PATH` never answers.
+
+    `requests` counts the requests for each served path, `hosts` keeps their last Host header.
+    """
 
     SILENT_PATH = "/never-answers.tar.gz"
     SILENCE_SECONDS = 10  # well past the worker's fetch timeout of 3 s
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.files: dict[str, bytes] = {}
         self.failures: dict[str, int] = {}
         self.requests: dict[str, int] = {}
+        self.hosts: dict[str, str | None] = {}
         self.redirects: dict[str, str] = {}
         self.stopping = threading.Event()
-        super().__init__(_FileHandler)
+        super().__init__(_FileHandler, host, port, tls)
 
     def add(self, path: str, data: bytes, failures: int = 0) -> str:
         """Serve `data` at `path`, after answering 503 to its first `failures` requests."""
@@ -84,6 +95,7 @@ class _FileHandler(_QuietHandler):
             self.send_error(404)
             return
         server.requests[self.path] = seen = server.requests.get(self.path, 0) + 1
+        server.hosts[self.path] = self.headers.get("Host")
         if seen <= server.failures[self.path]:
             self.send_error(503)
             return
@@ -121,9 +133,9 @@ class GitServer(_Server):
 
     USER, PASSWORD = "robot", "robot-git-pass-5e2b"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0):
         self.repos, self.work = root / "repos", root / "work"  # served; where commits are made
-        super().__init__(_GitHandler)
+        super().__init__(_GitHandler, host, port)
 
     def create_repo(self, name: str, history: list[Revision]) -> list[str]:
         """A bare repository `name` (e.g. `private/app.git`) with `history`; returns the commits."""

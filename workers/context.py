@@ -8,8 +8,10 @@ no links that leave the context, no devices, and no more than the configured siz
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import posixpath
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -22,7 +24,7 @@ import requests
 
 from app.archives import ArchiveRefused, checked_name
 from app.config import get_settings
-from workers.netguard import AddressRefused, check_host
+from workers.netguard import AddressRefused, IPAddress, PinnedAdapter, check_host
 
 
 class ContextError(Exception):
@@ -157,16 +159,16 @@ MAX_REDIRECTS = 5
 def download(url: str, into: IO[bytes]) -> None:
     """Fetch a tar.gz over http(s) into `into`, bounded in size and time.
 
-    Redirects are followed here, not by the HTTP library, so that each hop's host is checked.
+    Redirects are followed here, not by the HTTP library, so that each hop's host is checked,
+    and each hop connects only to the addresses its check approved.
     """
     settings = get_settings()
     limit = settings.context_max_download_bytes
     for _ in range(MAX_REDIRECTS + 1):
         shown = redact(url)
-        _check_url(url)
+        addresses = _check_url(url)
         try:
-            with requests.get(url, stream=True, timeout=(10, settings.fetch_timeout_seconds),
-                              allow_redirects=False) as response:
+            with _get(url, addresses, timeout=(10, settings.fetch_timeout_seconds)) as response:
                 if response.is_redirect:
                     url = urljoin(url, response.headers["Location"])
                     continue
@@ -196,16 +198,43 @@ def download(url: str, into: IO[bytes]) -> None:
     raise ContextError(f"Fetching the build context took more than {MAX_REDIRECTS} redirects.")
 
 
-def _check_url(url: str) -> None:
+def _check_url(url: str) -> list[IPAddress]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ContextError(f"`{redact(url)}` is not an http:// or https:// URL.")
-    check_reachable(parts.hostname, parts.port)
+    return check_reachable(parts.hostname, parts.port)
 
 
-def check_reachable(host: str, port: int | None = None) -> None:
+def _get(url: str, addresses: list[IPAddress], timeout: tuple[float, float]) -> requests.Response:
+    """GET `url` (streamed, no redirect followed) from the first checked address that answers.
+
+    Like a connection made from a fresh lookup, an address that cannot be connected to gives way
+    to the next; a TLS failure does not.
+    """
+    *others, last = addresses
+    for address in others:
+        try:
+            return _get_from(address, url, timeout)
+        except requests.ConnectionError as exc:
+            if isinstance(exc, requests.exceptions.SSLError):
+                raise
+    return _get_from(last, url, timeout)
+
+
+def _get_from(address: IPAddress, url: str, timeout: tuple[float, float]) -> requests.Response:
+    with requests.Session() as session:
+        # Nothing from the worker's environment: a proxy would resolve the name again, and the
+        # worker's .netrc credentials are not for a user's hosts.
+        session.trust_env = False
+        session.mount("http://", PinnedAdapter(address))
+        session.mount("https://", PinnedAdapter(address))
+        return session.get(url, stream=True, timeout=timeout, allow_redirects=False)
+
+
+def check_reachable(host: str, port: int | None = None) -> list[IPAddress]:
+    """The addresses `host` may be reached at (see `check_host`), or a ContextError."""
     try:
-        check_host(host, port)
+        return check_host(host, port)
     except AddressRefused as exc:
         raise ContextError(exc.message, transient=exc.transient) from None
 
@@ -226,22 +255,23 @@ def clone(repo: RepoSpec, scratch: Path) -> Path:
     """Check the repository out at its branch, tag or commit into `scratch`/checkout."""
     settings = get_settings()
     target = scratch / "checkout"
-    env = _git_environment(repo, scratch)
+    host, port = _repo_host(repo.url)
+    url, pinning, ssh_options = _pinned(repo.url, host, port, check_reachable(host, port))
+    env = _git_environment(repo, scratch, ssh_options)
     shown = redact(repo.url)
     if repo.ref_type == "hash":
-        steps = [["clone", "--no-checkout", "--quiet", "--", repo.url, str(target)],
+        steps = [["clone", "--no-checkout", "--quiet", "--", url, str(target)],
                  ["-C", str(target), "checkout", "--quiet", "--detach", repo.ref_value or "",
                   "--"]]
     else:
         name = repo.ref_value if repo.ref_type == "tag" else repo.branch
         branch = ["--branch", name] if name else []
-        steps = [["clone", "--depth", "1", "--quiet", *branch, "--", repo.url, str(target)]]
-    check_reachable(*_repo_host(repo.url))
+        steps = [["clone", "--depth", "1", "--quiet", *branch, "--", url, str(target)]]
     for step in steps:
         try:
             result = subprocess.run(["git", "-c", "credential.helper=",
                                      # A redirect could lead past the host check above.
-                                     "-c", "http.followRedirects=false", "-c",
+                                     "-c", "http.followRedirects=false", *pinning, "-c",
                                      "core.askPass=" + env["GIT_ASKPASS"], *step],
                                     env=env, capture_output=True, text=True,
                                     timeout=settings.git_timeout_seconds, cwd=scratch)
@@ -267,7 +297,46 @@ def _repo_host(url: str) -> tuple[str, int | None]:
     return host, 22
 
 
-def _git_environment(repo: RepoSpec, scratch: Path) -> dict[str, str]:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _pinned(url: str, host: str, port: int | None,
+            addresses: list[IPAddress]) -> tuple[str, list[str], list[str]]:
+    """Have git connect to the checked `addresses` rather than resolve `host` again.
+
+    Returns the URL to clone, options for git and options for ssh.
+    """
+    if _is_address(host):
+        return url, [], []  # nothing is resolved
+    scheme = urlsplit(url).scheme if "://" in url else "ssh"
+    if scheme in ("http", "https"):
+        # curl takes these answers instead of resolving; "*" also covers another spelling of the
+        # host (case, IDN) and names nothing else, since git follows no redirect.
+        where = f"{port or _DEFAULT_PORTS[scheme]}:" + ",".join(map(_url_host, addresses))
+        return url, ["-c", f"http.curloptResolve={host}:{where}",
+                     "-c", f"http.curloptResolve=*:{where}"], []
+    if scheme == "git":
+        # git's own protocol resolves the host it is given and takes no address beside it.
+        parts = urlsplit(url)
+        netloc = _url_host(addresses[0]) + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc)), [], []
+    # ssh connects to the address and still knows the server's key by the host's name.
+    return url, [], ["-o", f"HostName={addresses[0]}", "-o", f"HostKeyAlias={host}"]
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _url_host(address: IPAddress) -> str:
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+def _git_environment(repo: RepoSpec, scratch: Path, ssh_options: list[str]) -> dict[str, str]:
     """Credentials reach git through an askpass script and the environment, never the URL."""
     askpass = scratch / "askpass.sh"
     askpass.write_text('#!/bin/sh\ncase "$1" in\n  Username*) printf "%s" "$IMAGEJOBS_GIT_USER";;'
@@ -282,13 +351,14 @@ def _git_environment(repo: RepoSpec, scratch: Path) -> dict[str, str]:
         "IMAGEJOBS_GIT_USER": repo.username or "",
         "IMAGEJOBS_GIT_SECRET": repo.password or repo.passphrase or "",
     }
+    ssh = ["ssh", "-o", "StrictHostKeyChecking=accept-new",
+           "-o", f"UserKnownHostsFile={scratch / 'known_hosts'}", *ssh_options]
     if repo.private_key:
         key = scratch / "id_key"
         key.write_text(repo.private_key.strip() + "\n")
         key.chmod(0o600)
-        env["GIT_SSH_COMMAND"] = (f"ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=no "
-                                  f"-o StrictHostKeyChecking=accept-new "
-                                  f"-o UserKnownHostsFile={scratch / 'known_hosts'}")
+        ssh += ["-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=no"]
+    env["GIT_SSH_COMMAND"] = shlex.join(ssh)
     return env
 
 

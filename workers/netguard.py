@@ -2,7 +2,9 @@
 
 Every host a user names (a context URL and each redirect, a git repository, a registry) is
 resolved and refused when any of its addresses lies in such a network, unless the operator
-allows that network with IMAGEJOBS_ALLOWED_NETWORKS (comma-separated CIDRs).
+allows that network with IMAGEJOBS_ALLOWED_NETWORKS (comma-separated CIDRs). The connection then
+goes to the addresses checked, never to a second answer for the name (DNS rebinding):
+`PinnedAdapter` does so for HTTP; git is pinned in workers/context.py.
 """
 
 from __future__ import annotations
@@ -10,6 +12,11 @@ from __future__ import annotations
 import ipaddress
 import socket
 from functools import cache
+from typing import Any
+from urllib.parse import urlsplit
+
+from requests.adapters import HTTPAdapter
+from requests.models import PreparedRequest
 
 from app.config import get_settings
 
@@ -52,13 +59,48 @@ def check_address(address: IPAddress, host: str) -> None:
             "with IMAGEJOBS_ALLOWED_NETWORKS).")
 
 
-def check_host(host: str, port: int | None = None) -> None:
-    """Resolve `host` and refuse it if any of its addresses is internal and not allowed."""
+def check_host(host: str, port: int | None = None) -> list[IPAddress]:
+    """Resolve `host` and refuse it if any of its addresses is internal and not allowed.
+
+    Returns the addresses checked, in the resolver's order: the only ones to connect to.
+    """
     host = host.strip("[]")
     try:
         infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise AddressRefused(f"The host `{host}` could not be resolved ({exc}).",
                              transient=True) from None
+    addresses: list[IPAddress] = []
     for info in infos:
-        check_address(ipaddress.ip_address(info[4][0].split("%", 1)[0]), host)
+        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        check_address(address, host)
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+class PinnedAdapter(HTTPAdapter):
+    """Sends every request to `address`, whatever the URL's host name resolves to by then.
+
+    The Host header, TLS SNI and the certificate's name check keep the URL's host name; only the
+    socket goes to the address. Mount it on a session used for one checked host only.
+    """
+
+    def __init__(self, address: IPAddress):
+        self.address = address
+        super().__init__()
+
+    def build_connection_pool_key_attributes(
+            self, request: PreparedRequest, verify: Any, cert: Any = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert)
+        if host_params["scheme"] == "https":
+            # urllib3 sends this name as SNI and matches the certificate against it.
+            pool_kwargs["server_hostname"] = host_params["host"]
+        host_params["host"] = str(self.address)
+        return host_params, pool_kwargs
+
+    def add_headers(self, request: PreparedRequest, **kwargs: Any) -> None:
+        # The connection's host is now the address, which urllib3 would put in the Host header.
+        request.headers["Host"] = urlsplit(request.url or "").netloc.rpartition("@")[2]
