@@ -59,6 +59,19 @@ def _check_http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold a user name or password: a URL is shown wherever its "
+                         "source is, and credentials must not be")
+    return value
+
+
+def _check_repo_url(value: str) -> str:
+    """A repository URL, with its credentials in `auth`: `git@host:repo` and ssh users are fine."""
+    parts = urlsplit(value)
+    if parts.password is not None or (parts.scheme in ("http", "https")
+                                      and parts.username is not None):
+        raise ValueError("must not hold credentials: give them in `repo.auth`, which is never "
+                         "shown (the URL is shown wherever its source is)")
     return value
 
 
@@ -189,7 +202,8 @@ class RepoRef(Strict):
 
 
 class Repo(Strict):
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048),
+                   AfterValidator(_check_repo_url)]
     branch: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     auth: Annotated[HttpCredentials | SshCredentials, Field(discriminator="type")] | None = None
     ref: RepoRef | None = None
