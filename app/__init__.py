@@ -14,6 +14,7 @@ def create_app() -> Flask:
     from app import web
     from app.images.views import blueprint as images
     from app.jobs.views import blueprint as jobs
+    from app.openapi import blueprint as openapi
     from app.sources.views import blueprint as sources
 
     logging.basicConfig(level=logging.INFO,
@@ -29,6 +30,7 @@ def create_app() -> Flask:
     app.register_blueprint(sources)
     app.register_blueprint(images)
     app.register_blueprint(jobs)
+    app.register_blueprint(openapi)
 
     @app.get("/v1/health")
     def health():

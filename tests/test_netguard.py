@@ -239,3 +239,11 @@ def test_ssh_and_git_protocol_clones_are_pinned_to_the_checked_address(url, pinn
     # Worked out without connecting: this suite runs no ssh or git daemon.
     assert _pinned(url, "example.com", None, [ipaddress.ip_address("203.0.113.7")]) == (
         pinned_url, [], ssh_options)
+
+
+def test_a_docker_hub_target_naming_another_registry_is_checked_as_that_registry(api, worker):
+    """Only Docker Hub itself is the operator's: a host in the target is where the engine pulls."""
+    image = image_from(api, {"type": "docker-hub",
+                             "details": {"target": "127.0.0.2:5000/library/busybox:latest"}})
+    job = import_and_wait(api, image["id"])
+    assert_failed(job, get_image(api, image["id"]), "127.0.0.2", "IMAGEJOBS_ALLOWED_NETWORKS")

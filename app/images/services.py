@@ -255,10 +255,15 @@ class BuildLogSlice:
     deleted: datetime | None
 
 
+# Postgres' substr takes an int4 offset; no text it stores is longer than this, so a larger
+# offset reads nothing either way.
+_LONGEST_TEXT = 2**30
+
+
 def build_log(session: Session, image: Image, offset: int) -> BuildLogSlice | None:
     row = session.execute(
         select(BuildLog.id, BuildLog.hub_id, BuildLog.image_id,
-               func.substr(BuildLog.log, offset + 1).label("text"),
+               func.substr(BuildLog.log, min(offset, _LONGEST_TEXT) + 1).label("text"),
                func.length(BuildLog.log).label("length"), BuildLog.truncated, BuildLog.created,
                BuildLog.updated, BuildLog.deleted)
         .where(BuildLog.image_id == image.id)).first()

@@ -83,7 +83,9 @@ def _import(job_run: JobRun) -> None:
             elif origin["type"] == "cycle-upload":
                 file_id = _load_upload(engine, Path(get_settings().upload_dir) / upload)
             else:
-                if origin["type"] != "docker-hub":  # Docker Hub is the operator's (its mirror)
+                # Docker Hub is the operator's (its mirror); a target naming another registry
+                # is not Docker Hub.
+                if origin["type"] != "docker-hub" or names_registry(reference):
                     _check_registry(reference.split("/", 1)[0])
                 file_id = engine.pull(reference, auth)
             with job_run.write() as (session, job):
@@ -145,6 +147,12 @@ def _forget_upload(upload: str | None) -> None:
     """An upload is loaded once: after the job's end it is of no more use."""
     if upload:
         (Path(get_settings().upload_dir) / upload).unlink(missing_ok=True)
+
+
+def names_registry(reference: str) -> bool:
+    """Whether a reference starts with a registry host, as the engine reads it (else Docker Hub)."""
+    first, slash, _ = reference.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
 
 
 def _check_registry(server: str) -> None:
