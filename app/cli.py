@@ -92,7 +92,10 @@ def api_command(host: str, port: int, workers: int) -> list[str]:
             "-", "--access-logformat", '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
             # Idle connections stay open longer than a polling client waits between calls;
             # at gunicorn's default of 2 s a reused connection races its own closing.
-            "--keep-alive", "30", "--graceful-timeout", "20", "app.wsgi:app"]
+            "--keep-alive", "30", "--graceful-timeout", "20",
+            # gunicorn's largest request line: filters of non-ASCII text grow threefold when
+            # percent-encoded, and a longer line is answered 414 by gunicorn, not by the API.
+            "--limit-request-line", "8190", "app.wsgi:app"]
 
 
 def worker_environment() -> dict[str, str]:

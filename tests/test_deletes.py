@@ -177,14 +177,15 @@ def test_a_prune_removes_the_free_images_and_keeps_the_used_ones(
 
 
 def test_a_prune_keeps_an_image_whose_import_is_queued(api, tenant, live_image):
-    free = live_image()
+    free, never_imported = live_image(), create_image(api, live_image.source["id"])
     waiting = create_image(api, live_image.source["id"])
     import_id = queued_import(tenant, waiting["id"])
 
     job = prune(api, [live_image.source["id"]])
 
     output = job["tasks"][0]["output"]
-    assert output[free["id"]] == "removed"
+    assert output[free["id"]] == output[never_imported["id"]] == "removed"
+    assert get_image(api, never_imported["id"])["state"]["current"] == "deleted"
     assert output[waiting["id"]] == "kept: an import of it is queued"
     assert get_image(api, waiting["id"])["state"]["current"] == "new"
     assert api.get(f"/v1/jobs/{import_id}").get_json()["data"]["state"]["current"] == "queued"

@@ -1,7 +1,8 @@
 """Prune, and the deletion of a source: remove the images of some sources, on every node.
 
-The job plans on the maintenance queue, hands each image to a delete job on the queue of the node
-that holds it, waits for them, and reports per image what was removed and what was kept, and why.
+The job plans on the maintenance queue, hands each image an engine holds to a delete job on the
+queue of that node, waits for them, and reports per image what was removed and what was kept, and
+why. Images no engine holds are removed by the job itself.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ def remove_images(job_run: JobRun, source_ids: list[str], dry_run: bool) -> dict
                 outcome[image.id] = f"kept: it is {image.state} (an import is running)"
             elif image.id in importing:
                 outcome[image.id] = "kept: an import of it is queued"
+            elif not image.factory_node_id:
+                # No engine holds it: nothing for a node to do, and no child job for this one
+                # to wait on (a pool full of waiting prunes would wait for ever).
+                outcome[image.id] = "would be removed" if dry_run else "removed"
+                if not dry_run:
+                    image.move_to(ImageState.DELETING)
+                    image.move_to(ImageState.DELETED)
             else:
                 child = queue_delete(session, image, creator, {
                     "image_id": image.id, "dry_run": dry_run, "requested_by": job.id})
