@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 SPEC_DIR ?= ../shared/cycle-api-spec
 PYTEST_ARGS ?=
 FAULT_ARGS ?=
+LOAD_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -43,8 +44,15 @@ conformance: install ## Compare the API with the Cycle spec extract (SPEC_DIR)
 bench: install services ## Benchmarks (figures with same-run baselines; asserts nothing)
 	$(BIN)/python -m tests.benchmarks.bench_builds
 
-faults: install services ## Fault injection: load + killed/frozen workers, flushed Redis (FAULT_ARGS="--seed 7 --jobs 40")
+faults: install services ## Fault injection on its own Redis/Postgres: workers killed, Redis/Postgres restarted, broker cut (FAULT_ARGS="--seed 7 --jobs 40")
 	$(BIN)/python -m tests.faults.run $(FAULT_ARGS)
+
+load: install services ## A few hundred clients creating and polling jobs at once (LOAD_ARGS="--clients 300 --seconds 60")
+	$(BIN)/python -m tests.faults.crowd $(LOAD_ARGS)
+
+fuzz: install services ## Fuzz the API from its own OpenAPI document, longer than make test does (FUZZ_EXAMPLES=200 FUZZ_SEED=7)
+	IMAGEJOBS_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),200) IMAGEJOBS_FUZZ_SEED=$(or $(FUZZ_SEED),random) \
+		$(BIN)/pytest tests/test_fuzz.py $(PYTEST_ARGS)
 
 lint: install ## ruff
 	$(BIN)/ruff check app workers tests
@@ -52,4 +60,4 @@ lint: install ## ruff
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .test-logs *.egg-info
 
-.PHONY: help install services run test conformance bench faults lint clean
+.PHONY: help install services run test conformance bench faults load fuzz lint clean

@@ -74,6 +74,10 @@ class Settings:
     shutdown_seconds: float = field(
         default_factory=lambda: float(os.environ.get("IMAGEJOBS_SHUTDOWN_SECONDS") or 20))
     sweep_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_SWEEP_SECONDS", 5))
+    # The broker hands an unacknowledged message out again after this long (Kombu's Redis
+    # transport never extends it while a task runs); the claim keeps a second delivery idle.
+    visibility_timeout_seconds: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_VISIBILITY_TIMEOUT", 3600))
     page_size_max: int = field(default_factory=lambda: _int("IMAGEJOBS_PAGE_SIZE_MAX", 100))
     max_body_bytes: int = field(
         default_factory=lambda: _int("IMAGEJOBS_MAX_BODY_BYTES", 1024 * 1024))

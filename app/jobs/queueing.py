@@ -48,14 +48,26 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=MAINTENANCE_QUEUE,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
-        broker_transport_options={"visibility_timeout": 3600, "socket_timeout": 5,
-                                  "socket_connect_timeout": 3},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds,
+                                  **_restore_cadence(settings.visibility_timeout_seconds),
+                                  "socket_timeout": 5, "socket_connect_timeout": 3},
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
                                    "interval_step": 0.2, "interval_max": 0.5},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
     return celery
+
+
+def _restore_cadence(visibility_timeout: int) -> dict[str, int]:
+    """How often a worker looks for messages past their visibility timeout.
+
+    Kombu looks every interval x throttle seconds (10 x 10 by default, fitting the default hour);
+    a short timeout gets a sweep to match, about a quarter of it.
+    """
+    every = max(1, min(100, visibility_timeout // 4))
+    return {"unacked_restore_interval": min(10, every),
+            "unacked_restore_throttle": max(1, every // 10)}
 
 
 @cache

@@ -3,6 +3,7 @@ engine. Nothing here trusts the API's answers or the workers' logs; the logs onl
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import docker.errors
 from sqlalchemy import func, select
 
 from app.db import transaction
-from app.images.models import TRANSITIONAL, Image, ImageState
+from app.images.models import TRANSITIONAL, BuildLog, Image, ImageState
 from app.jobs.models import ACTIVE, Job, JobState
 from tests.faults.load import HarnessImage
 
@@ -35,6 +36,10 @@ class Report:
     errors: Counter = field(default_factory=Counter)
     attempts: Counter = field(default_factory=Counter)  # claims per job: >1 means a fault landed
     notes: list[str] = field(default_factory=list)
+    # Builds longer than the broker's visibility timeout: one line of evidence each.
+    long_builds: list[str] = field(default_factory=list)
+    redelivered: int = 0  # broker messages (task ids) pool processes ran more than once
+    redelivered_refused: int = 0  # long builds: their claimed message run again, claiming nothing
 
     @property
     def failed(self) -> bool:
@@ -95,7 +100,7 @@ def check_stuck(report: Report) -> None:
 
 def check_effects(report: Report, images: list[HarnessImage]) -> None:
     """Imports done more often than asked, deletes done twice, the engine disagreeing with rows."""
-    requested = {i.id: i.import_requests for i in images}
+    requested = {i.id: i.import_requests + i.uncertain_imports for i in images}
     with transaction() as session:
         imports = Counter(session.scalars(select(Job.subject_id).where(
             Job.action == "image.import", Job.state == JobState.COMPLETED)))
@@ -139,6 +144,72 @@ def _engine_id(client: docker.DockerClient, reference: str) -> str | None:
         return client.api.inspect_image(reference)["Id"]
     except docker.errors.ImageNotFound:
         return None
+
+
+_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/([^]]+)\] (.*)$")
+_TASK_END = re.compile(r"Task \S+\[([0-9a-f-]+)\] (?:succeeded|raised|failed|retry)")
+_JOB_EVENT = re.compile(r"job ([0-9a-f]{24}): (claimed|not claimable)")
+
+
+def _deliveries(logs: list[Path]) -> dict[str, list[tuple[str, str]]]:
+    """Per job id, each delivery a pool process ran: (broker message id, claimed | not claimable).
+
+    A pool process runs one task at a time, so the job it names belongs to the message whose end
+    it logs next; a process killed before that leaves the message id unknown ('?').
+    """
+    found: dict[str, list[tuple[str, str]]] = {}
+    for path in logs:
+        running: dict[str, tuple[str, str]] = {}  # pool process -> (job id, event)
+        for line in path.read_text(errors="replace").splitlines():
+            match = _LINE.match(line)
+            if not match:
+                continue
+            _, process, message = match.groups()
+            if event := _JOB_EVENT.search(message):
+                if process in running:
+                    job_id, what = running[process]
+                    found.setdefault(job_id, []).append(("?", what))
+                running[process] = (event.group(1), event.group(2))
+            elif (end := _TASK_END.search(message)) and process in running:
+                job_id, what = running.pop(process)
+                found.setdefault(job_id, []).append((end.group(1), what))
+        for job_id, what in running.values():
+            found.setdefault(job_id, []).append(("?", what))
+    return found
+
+
+def check_long_builds(report: Report, images: list[HarnessImage], logs: list[Path],
+                      visibility_timeout: float) -> None:
+    """A build longer than the visibility timeout has its message handed out again while it
+    runs; that second delivery of the same message must claim nothing. Evidence from the
+    worker logs: per job, its claims and the deliveries of an already claimed message that were
+    refused; a claim the logs show beyond the job's attempts is an effect done twice."""
+    deliveries = _deliveries(logs)
+    for runs in deliveries.values():
+        ids = Counter(message for message, _ in runs if message != "?")
+        report.redelivered += sum(1 for count in ids.values() if count > 1)
+    long_ids = {i.id: i.sleep for i in images if i.sleep > visibility_timeout}
+    with transaction() as session:
+        jobs = list(session.scalars(select(Job).where(
+            Job.action == "image.import", Job.subject_id.in_(list(long_ids))).order_by(Job.id)))
+        headers = {b.image_id: b.log.count("[imagejobs: build attempt ") for b in session.scalars(
+            select(BuildLog).where(BuildLog.image_id.in_(list(long_ids))))}
+    for job in jobs:
+        runs = deliveries.get(job.id, [])
+        claims = sum(1 for _, what in runs if what == "claimed")
+        claimed_messages = {message for message, what in runs if what == "claimed"} - {"?"}
+        again = sum(1 for message, what in runs
+                    if what == "not claimable" and message in claimed_messages)
+        report.redelivered_refused += again
+        report.long_builds.append(
+            f"job {job.id} (build sleeping {long_ids[job.subject_id]} s, image "
+            f"{job.subject_id}): {job.state}, attempt {job.attempt}, claims in logs {claims}, "
+            f"its claimed message delivered again and refused {again}, other refused "
+            f"deliveries {len(runs) - claims - again}, build log headers "
+            f"{headers.get(job.subject_id, 0)}")
+        if claims > job.attempt:
+            report.twice.append(f"job {job.id}: {claims} claims in the worker logs for "
+                                f"{job.attempt} attempt(s)")
 
 
 def grep_logs(logs: list[Path], needle: str, limit: int = 12) -> list[str]:

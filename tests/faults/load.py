@@ -15,6 +15,7 @@ from pathlib import Path
 
 import requests
 
+from tests.faults import VISIBILITY_TIMEOUT
 from tests.support import dockerfile_context
 
 REGISTRY_ORIGIN = {"type": "docker-registry",
@@ -22,6 +23,9 @@ REGISTRY_ORIGIN = {"type": "docker-registry",
 SOURCES_PER_KIND = 3
 KINDS = ("import", "build", "delete", "prune")
 WEIGHTS = (40, 35, 15, 10)
+# A build this long outlives the broker's visibility timeout: its message is handed out again
+# while it runs. The first build of every plan is one; after it, about one build in six.
+LONG_BUILD = (VISIBILITY_TIMEOUT + 3, VISIBILITY_TIMEOUT + 8)
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,13 @@ def plan_load(rng: random.Random, jobs: int) -> list[Action]:
     plan = []
     for number in range(jobs):
         kind = rng.choices(KINDS, WEIGHTS)[0] if number >= 4 else ("import", "build")[number % 2]
+        sleep = rng.choice((0, 2, 3, 4, 5, -1)) if kind == "build" else 0
+        if sleep == -1 or number == 1:
+            sleep = rng.randint(*LONG_BUILD)
         plan.append(Action(
             number=number, kind=kind, gap=round(rng.uniform(0.3, 2.0), 2),
             source=rng.randrange(SOURCES_PER_KIND * (2 if kind == "prune" else 1)),
-            sleep=rng.choice((0, 2, 3, 4, 5)) if kind == "build" else 0,
+            sleep=sleep,
             pick=rng.random() if kind == "delete" else 0.0,
             dry_run=rng.random() < 0.3 if kind == "prune" else False))
     return plan
@@ -79,6 +86,14 @@ class ContextServer:
         self.server.shutdown()
 
 
+class ApiUnavailable(RuntimeError):
+    """A 5xx answer: the database or broker is away (a fault); not the harness's failure."""
+
+    def __init__(self, method: str, path: str, status: int, body: dict):
+        super().__init__(f"{method} {path} answered {status}: {body}")
+        self.status = status
+
+
 class Api:
     def __init__(self, base: str, headers: dict[str, str]):
         self.base = base
@@ -95,6 +110,8 @@ class Api:
 
     def data(self, method: str, path: str, **kwargs) -> dict:
         status, body = self.call(method, path, **kwargs)
+        if status >= 500:
+            raise ApiUnavailable(method, path, status, body)
         if status >= 300:
             raise RuntimeError(f"{method} {path} answered {status}: {body}")
         return body["data"]
@@ -105,7 +122,10 @@ class HarnessImage:
     id: str
     kind: str  # import | build
     source_id: str
-    import_requests: int = 0
+    import_requests: int = 0  # import calls answered 202
+    # Import calls with no answer or a 5xx: the job may have been committed all the same.
+    uncertain_imports: int = 0
+    sleep: int = 0  # builds: seconds of `RUN sleep`
 
 
 @dataclass
@@ -146,16 +166,24 @@ class Load:
             outcome = getattr(self, f"_{action.kind}")(action)
         except requests.RequestException as exc:
             outcome = f"request failed ({type(exc).__name__})"
+        except ApiUnavailable as exc:
+            outcome = f"a call before it answered {exc.status}"
         self.answers[f"{action.kind}: {outcome}"] += 1
 
-    def _create_and_import(self, kind: str, source_id: str, body: dict) -> str:
+    def _create_and_import(self, kind: str, source_id: str, body: dict, sleep: int = 0) -> str:
         image = self.api.data("POST", "/v1/images", json={"source_id": source_id, **body})
-        record = HarnessImage(image["id"], kind, source_id)
+        record = HarnessImage(image["id"], kind, source_id, sleep=sleep)
         self.images.append(record)
-        status, _ = self.api.call("POST", f"/v1/images/{image['id']}/tasks",
-                                  json={"action": "import"})
+        try:
+            status, _ = self.api.call("POST", f"/v1/images/{image['id']}/tasks",
+                                      json={"action": "import"})
+        except requests.RequestException:
+            record.uncertain_imports += 1
+            raise
         if status == 202:
             record.import_requests += 1
+        elif status >= 500:
+            record.uncertain_imports += 1
         return str(status)
 
     def _import(self, action: Action) -> str:
@@ -164,7 +192,7 @@ class Load:
     def _build(self, action: Action) -> str:
         url = self.contexts.context(f"build-{action.number}", action.sleep)
         return self._create_and_import("build", self.sources["build"][action.source],
-                                       {"override": {"targz_url": url}})
+                                       {"override": {"targz_url": url}}, action.sleep)
 
     def _delete(self, action: Action) -> str:
         live = [i for i in self.images if self._state(i.id) == "live"]

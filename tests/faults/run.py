@@ -5,8 +5,10 @@
 Exits 1 when a job was lost, an effect was done twice (or the engine disagrees with Postgres),
 or an image was left in between states; errored jobs are fine when their message says why.
 
-The environment (database imagejobs_faults, Redis db 6, short leases) is set by the package
-`tests.faults`, which Python imports before this module, so before any `app` module reads it.
+The run starts its own Redis (reached through a proxy the broker faults cut) and its own Postgres
+(`tests.faults.services`), and stops them at the end. The environment pointing there (short
+leases, a short visibility timeout) is set by the package `tests.faults`, which Python imports
+before this module, so before any `app` module reads it.
 """
 
 from __future__ import annotations
@@ -19,23 +21,22 @@ import threading
 import time
 from pathlib import Path
 
-import redis
-
 from app import migrations
 from app.db import transaction
 from app.hubs.services import create_hub, create_key
 from app.images.services import import_image
-from tests.faults import DATABASE, REDIS_URL
+from tests.faults import DATABASE, VISIBILITY_TIMEOUT
 from tests.faults.checks import (
     Report,
     check_effects,
+    check_long_builds,
     check_stuck,
     count_jobs,
     grep_logs,
     scan_crashes,
     wait_terminal,
 )
-from tests.faults.faults import KINDS, Injector, plan_faults
+from tests.faults.faults import CUT_SECONDS, KINDS, Injector, plan_faults
 from tests.faults.load import (
     Api,
     ContextServer,
@@ -44,8 +45,8 @@ from tests.faults.load import (
     plan_load,
     wait_plan_seconds,
 )
+from tests.faults.services import Services
 from tests.faults.stack import Stack
-from tests.support import recreate_database
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,7 +59,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated kinds (default: all): {', '.join(KINDS)}")
     parser.add_argument("--settle-timeout", type=float, default=180,
                         help="seconds after the last fault for every job to end")
+    parser.add_argument("--log-prefix", default=None,
+                        help="logs go to .test-logs/PREFIX-<process>.log (default: faults-SEED)")
+    parser.add_argument("--cut-seconds", default=",".join(f"{s:g}" for s in CUT_SECONDS),
+                        help="MIN,MAX: how long cut-broker keeps the broker away (default "
+                             "%(default)s)")
     args = parser.parse_args(argv)
+    try:
+        low, high = (float(s) for s in args.cut_seconds.split(","))
+    except ValueError:
+        parser.error("--cut-seconds takes MIN,MAX in seconds")
+    args.cut_seconds = (low, high)
     args.faults = [k.strip() for k in args.faults.split(",") if k.strip()]
     unknown = sorted(set(args.faults) - set(KINDS))
     if unknown:
@@ -68,12 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def fresh_database() -> None:
-    recreate_database(DATABASE)
+def fresh_database(services: Services) -> None:
+    services.postgres.create_database(DATABASE)
     migrations.upgrade()
-    client = redis.Redis.from_url(REDIS_URL)  # this harness's own db only
-    client.flushdb()
-    client.close()
 
 
 def make_tenant() -> tuple[dict[str, str], dict[str, str]]:
@@ -147,6 +155,7 @@ def judge(seed: int, stack: Stack, load: Load, injector: Injector, timeout: floa
     check_stuck(report)
     check_effects(report, load.images)
     logs = [w.log_path for w in stack.workers]
+    check_long_builds(report, load.images, logs, VISIBILITY_TIMEOUT)
     report.crashes = [f"worker {w.name} exited by itself ({w.popen.returncode})"
                       for w in stack.crashed()] + scan_crashes(logs)
     orphans = stack.orphans()
@@ -171,6 +180,12 @@ def print_report(report: Report, load: Load, injector: Injector, stack: Stack) -
                   + (f" (skipped {injector.skipped[kind]})" if injector.skipped[kind] else ""))
     print("jobs by attempts (claims): " + ", ".join(
         f"{n} attempt(s): {c}" for n, c in sorted(report.attempts.items())))
+    print(f"builds longer than the {VISIBILITY_TIMEOUT} s visibility timeout: "
+          f"{len(report.long_builds)}; broker messages run twice or more: "
+          f"{report.redelivered}; a long build's claimed message delivered again and refused: "
+          f"{report.redelivered_refused}")
+    for line in report.long_builds:
+        print(f"  {line}")
     if report.errors:
         print("error messages (first 80 characters):")
         for message, count in report.errors.most_common():
@@ -196,16 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     plan = plan_load(rng, args.jobs)
     schedule = plan_faults(rng, args.faults, max(len(args.faults), args.jobs // 5),
-                           wait_plan_seconds(plan))
-    fresh_database()
-    headers, tenant = make_tenant()
-    stack = Stack(args.workers, log_prefix=f"faults-{args.seed}")
-    with tempfile.TemporaryDirectory(prefix="imagejobs-faults-") as scratch:
+                           wait_plan_seconds(plan), args.cut_seconds)
+    stack = Stack(args.workers, log_prefix=args.log_prefix or f"faults-{args.seed}")
+    with tempfile.TemporaryDirectory(prefix="imagejobs-faults-") as scratch, Services() as services:
+        print(f"private services: redis-server on :{services.redis.port} (the API and workers go "
+              f"through a proxy on :{services.proxy.port}), Postgres on "
+              f":{services.postgres.port}", flush=True)
+        fresh_database(services)
+        headers, tenant = make_tenant()
         contexts = ContextServer(Path(scratch))
         try:
             api = Api(stack.start_api(), headers)
             load = Load(api, contexts, plan)
-            injector = Injector(stack, schedule, [], orphan_maker(load, tenant))
+            injector = Injector(stack, schedule, [], orphan_maker(load, tenant), services)
             print_plan(load, injector)
             stack.start_workers()
             load.make_sources()
