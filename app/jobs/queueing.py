@@ -41,7 +41,9 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A broker blip must not cost every running job an attempt: the work goes on, and the
+        # message handed out again later finds its job claimed (or done) and does nothing.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # With SIGTERM read as Celery's cold shutdown (see `imagejobs worker`), a stopping worker
         # waits this long for running tasks, then stops them instead of waiting for ever.
         worker_soft_shutdown_timeout=settings.shutdown_seconds,
