@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import uuid
+from dataclasses import dataclass
 
+import docker.errors
 import pytest
 import requests
 
-from tests.conftest import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, REGISTRY, ROOT, TEST_DATABASE
+from tests.conftest import (
+    AUTH_PASSWORD,
+    AUTH_REGISTRY,
+    AUTH_USER,
+    BASE_IMAGE,
+    REGISTRY,
+    ROOT,
+    TEST_DATABASE,
+)
 from tests.helpers import (
     assert_failed,
     assert_held_by_engine,
     assert_live_in_engine,
+    create_image,
+    create_source,
     get_image,
     image_from,
     import_and_wait,
+    import_image,
     oci_origin,
     parse_time,
     registry_origin,
     repository_path,
 )
+from tests.support import dockerfile_context
+from workers.engine import Engine, EngineError
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -96,6 +113,7 @@ def test_an_import_makes_the_image_live_with_its_config(api, docker_client, push
 
 
 def test_a_docker_hub_import_pulls_through_the_mirror(api, docker_client):
+    held_before = "busybox:latest" in held_names(docker_client)
     image = image_from(api, {"type": "docker-hub", "details": {"target": "busybox:latest"}})
 
     job = import_and_wait(api, image["id"])
@@ -103,7 +121,10 @@ def test_a_docker_hub_import_pulls_through_the_mirror(api, docker_client):
     assert_completed_with_steps(job)
     image = get_image(api, image["id"])
     assert_live_in_engine(image, docker_client)
-    assert image["backend"]["file_id"] == docker_client.images.get("busybox:latest").id
+    # The mirror's library/busybox was pushed from the base image.
+    assert image["backend"]["file_id"] == docker_client.images.get(BASE_IMAGE).id
+    # The pulled name stays only where the engine held it before the import.
+    assert ("busybox:latest" in held_names(docker_client)) == held_before
 
 
 def test_override_target_replaces_the_sources_target(api, docker_client, pushed_image):
@@ -190,3 +211,140 @@ def test_a_registry_password_is_never_shown_or_logged(api, pushed_image):
     for password in (AUTH_PASSWORD, wrong):
         assert password not in shown
         assert password not in logged
+
+
+def held_names(docker_client) -> set[str]:
+    """Every tag and digest name the engine holds an image under."""
+    return {name for image in docker_client.api.images()
+            for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])}
+
+
+@dataclass(frozen=True)
+class FreshImage:
+    """An image of its own in a registry, under a name the engine may not hold."""
+
+    reference: str  # registry/repository:tag
+    by_digest: str  # registry/repository@sha256:...
+    image_id: str
+
+
+@pytest.fixture
+def fresh_image(docker_client):
+    """Push a new image to `registry`; the engine keeps its name only when `keep` says so.
+
+    Without `keep` the engine holds the image under no name at all before the test imports it.
+    """
+    pushed: list[str] = []
+
+    def push(registry: str = REGISTRY, keep: bool = False) -> FreshImage:
+        label = uuid.uuid4().hex[:12]
+        folder = "private" if registry == AUTH_REGISTRY else "tests"
+        reference = f"{registry}/{folder}/fresh-{label}:v1"
+        context = io.BytesIO(dockerfile_context(f"FROM {BASE_IMAGE}\nLABEL fresh={label}\n",
+                                                compress=False))
+        image, _ = docker_client.images.build(fileobj=context, custom_context=True,
+                                              tag=reference, rm=True)
+        auth = ({"username": AUTH_USER, "password": AUTH_PASSWORD}
+                if registry == AUTH_REGISTRY else None)
+        for event in docker_client.api.push(reference.rpartition(":")[0], "v1", stream=True,
+                                            decode=True, auth_config=auth):
+            assert "error" not in event, event
+        image.reload()
+        [by_digest] = image.attrs["RepoDigests"]
+        if keep:
+            pushed.append(reference)
+        else:
+            docker_client.images.remove(reference)
+            assert image.id not in {i["Id"] for i in docker_client.api.images(all=True)}
+        return FreshImage(reference, by_digest, image.id)
+
+    yield push
+    for reference in pushed:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(reference, noprune=True)
+
+
+def fresh_origins(fresh: FreshImage) -> dict[str, dict]:
+    """Ways to a fresh image, by the name of the way."""
+    if fresh.reference.startswith(AUTH_REGISTRY):
+        return {"password": registry_origin(repository_path(fresh.reference), AUTH_REGISTRY,
+                                            username=AUTH_USER, password=AUTH_PASSWORD)}
+    return {"tag": registry_origin(repository_path(fresh.reference)),
+            "digest": registry_origin(repository_path(fresh.by_digest))}
+
+
+@pytest.mark.parametrize(("registry", "way"), [(REGISTRY, "tag"), (REGISTRY, "digest"),
+                                               (AUTH_REGISTRY, "password")])
+def test_an_import_removes_the_name_its_pull_made(api, docker_client, fresh_image, registry, way):
+    fresh = fresh_image(registry)
+    image = image_from(api, fresh_origins(fresh)[way])
+
+    assert_completed_with_steps(import_and_wait(api, image["id"]))
+
+    image = get_image(api, image["id"])
+    assert_live_in_engine(image, docker_client)
+    assert image["backend"]["file_id"] == fresh.image_id
+    held = docker_client.images.get(fresh.image_id).attrs
+    assert held["RepoTags"] == [image["backend"]["file_name"]]
+    assert held["RepoDigests"] == []
+    assert not {fresh.reference, fresh.by_digest} & held_names(docker_client)
+
+
+def test_an_import_keeps_a_name_the_engine_held_before(api, docker_client, fresh_image):
+    fresh = fresh_image(keep=True)
+    image = image_from(api, registry_origin(repository_path(fresh.reference)))
+
+    assert_completed_with_steps(import_and_wait(api, image["id"]))
+
+    image = get_image(api, image["id"])
+    assert_live_in_engine(image, docker_client)
+    assert docker_client.images.get(fresh.reference).id == fresh.image_id
+    assert set(docker_client.images.get(fresh.image_id).attrs["RepoTags"]) == {
+        fresh.reference, image["backend"]["file_name"]}
+
+
+def test_a_deleted_import_leaves_nothing_in_the_engine(api, docker_client, fresh_image):
+    fresh = fresh_image()
+    image = image_from(api, registry_origin(repository_path(fresh.reference)))
+    assert_completed_with_steps(import_and_wait(api, image["id"]))
+
+    response = api.delete(f"/v1/images/{image['id']}")
+    assert response.status_code == 202, response.get_json()
+    job = api.wait_for_job(response.get_json()["data"]["job"]["id"])
+
+    assert job["state"]["current"] == "completed", job
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(fresh.image_id)
+
+
+def test_two_imports_of_one_new_name_at_once_both_complete(api, docker_client, fresh_image):
+    fresh = fresh_image()
+    source = create_source(api, registry_origin(repository_path(fresh.reference)))
+    images = [create_image(api, source["id"]) for _ in range(2)]
+
+    jobs = [import_image(api, image["id"])["job"]["id"] for image in images]
+
+    for job_id in jobs:
+        assert_completed_with_steps(api.wait_for_job(job_id))
+    for image in images:
+        assert_live_in_engine(get_image(api, image["id"]), docker_client)
+    assert fresh.reference not in held_names(docker_client)
+
+
+def test_a_pull_says_whether_it_made_the_name(docker_client, fresh_image):
+    fresh = fresh_image()
+    with Engine() as engine:
+        first = engine.pull(fresh.reference, None)
+        again = engine.pull(fresh.reference, None)
+        engine.untag(fresh.reference)
+
+    assert (first.image_id, first.name, first.created) == (fresh.image_id, fresh.reference, True)
+    assert (again.image_id, again.created) == (fresh.image_id, False)
+
+
+def test_tagging_an_image_the_engine_does_not_hold_is_transient(docker_client):
+    with Engine() as engine, pytest.raises(EngineError) as raised:
+        engine.tag(f"sha256:{'0' * 64}", f"imagejobs/absent-{uuid.uuid4().hex[:8]}", "latest")
+
+    assert raised.value.transient
+    assert "no longer holds" in raised.value.message

@@ -36,6 +36,31 @@ class RegistryAuth:
                 "serveraddress": self.server}
 
 
+PULL_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """What a pull left in the engine."""
+
+    image_id: str
+    name: str  # the engine's name for what was pulled: `repository:tag` or `repository@sha256:...`
+    created: bool  # the pull made `name`: the engine did not hold it before
+
+
+def engine_name(reference: str) -> tuple[str, str, str]:
+    """The repository, tag (or digest) and whole name under which the engine keeps a pull.
+
+    A tag without a digest means `latest`; a reference with both is pulled, and named, by digest.
+    """
+    repository, tag = parse_repository_tag(reference)
+    if tag and tag.startswith("sha256:"):
+        named, _ = parse_repository_tag(repository)
+        return named, tag, f"{named}@{tag}"
+    tag = tag or "latest"
+    return repository, tag, f"{repository}:{tag}"
+
+
 class Engine:
     """One connection to a Docker engine (`DOCKER_HOST`), API version negotiated."""
 
@@ -54,23 +79,46 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.client.close()
 
-    def pull(self, reference: str, auth: RegistryAuth | None) -> str:
-        """Pull `reference` and return the image id the engine holds for it."""
-        repository, tag = parse_repository_tag(reference)
-        if not tag:
-            tag = "latest"
+    def pull(self, reference: str, auth: RegistryAuth | None) -> Pulled:
+        """Pull `reference`: the image the engine holds for it, and whether the pull made its name.
+
+        Another import on this node may remove the name between the pull and the inspect after
+        it; the pull is then made again, up to `PULL_ATTEMPTS` times.
+        """
+        repository, tag, name = engine_name(reference)
         try:
-            for event in self.client.api.pull(repository, tag=tag, stream=True, decode=True,
-                                              auth_config=auth.config() if auth else None):
-                if "error" in event:
-                    raise pull_error(reference, event["error"], auth)
-            separator = "@" if tag.startswith("sha256:") else ":"
-            return self.client.api.inspect_image(f"{repository}{separator}{tag}")["Id"]
+            for _ in range(PULL_ATTEMPTS):
+                before = self._id_of(name)
+                status = ""
+                for event in self.client.api.pull(repository, tag=tag, stream=True, decode=True,
+                                                  auth_config=auth.config() if auth else None):
+                    if "error" in event:
+                        raise pull_error(reference, event["error"], auth)
+                    if str(event.get("status", "")).startswith("Status:"):
+                        status = event["status"]
+                after = self._id_of(name)
+                if after is None:
+                    continue
+                # The engine says whether this pull set the name ("Downloaded newer image") or
+                # found it set ("Image is up to date"). The name is the pull's own when it was
+                # absent before, or gone since `before` was read and set again by this pull; a
+                # name that held another image (moved by the pull) was someone else's.
+                set_by_pull = not status.startswith("Status: Image is up to date")
+                return Pulled(after, name, set_by_pull and before in (None, after))
         except docker.errors.APIError as exc:
             raise pull_error(reference, exc.explanation or str(exc), auth) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
+        raise EngineError(f"`{reference}` was pulled but left the engine before it could be read, "
+                          f"{PULL_ATTEMPTS} times: other work on this node removes it meanwhile.",
+                          transient=True)
+
+    def _id_of(self, name: str) -> str | None:
+        try:
+            return self.client.api.inspect_image(name)["Id"]
+        except docker.errors.ImageNotFound:
+            return None
 
     def login(self, auth: RegistryAuth) -> None:
         """Check credentials with their registry and keep them for this client's builds."""
@@ -102,12 +150,12 @@ class Engine:
                     on_output(f"{event['status']} {event.get('id', '')}".rstrip() + "\n")
                 elif "error" in event:
                     on_output(f"ERROR: {event['error']}\n")
-                    raise BuildFailed(event["error"].strip())
+                    raise build_failed(event["error"].strip())
                 elif "ID" in (event.get("aux") or {}):
                     image_id = event["aux"]["ID"]
             return image_id or self.client.api.inspect_image(tag)["Id"]
         except docker.errors.APIError as exc:
-            raise BuildFailed((exc.explanation or str(exc)).strip()) from None
+            raise build_failed((exc.explanation or str(exc)).strip()) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
@@ -116,16 +164,16 @@ class Engine:
         try:
             return self.client.api.inspect_image(image_id)
         except docker.errors.ImageNotFound:
-            raise EngineError(f"The engine no longer holds image {image_id}.") from None
+            # Only other work on this node removes an image an import has just made; the next
+            # attempt makes it again.
+            raise EngineError(f"The engine no longer holds image {image_id}: it was removed "
+                              "while this job ran.", transient=True) from None
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
 
     def holds(self, reference: str) -> bool:
         try:
-            self.client.api.inspect_image(reference)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
+            return self._id_of(reference) is not None
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
 
@@ -189,12 +237,27 @@ class Engine:
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         try:
             self.client.api.tag(image_id, repository, tag, force=True)
+        except docker.errors.ImageNotFound:
+            # Removed since it was pulled, by other work on this node: the next attempt pulls it
+            # again.
+            raise EngineError(f"The engine no longer holds image {image_id}: it was removed "
+                              "before it could be tagged.", transient=True) from None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"The engine would not tag image {image_id} as `{repository}:{tag}`: "
+                              f"{exc.explanation or exc}") from None
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
 
 
 class BuildFailed(EngineError):
-    """The build itself failed (a step, the Dockerfile, a base image): not worth retrying."""
+    """The build itself failed (a step, the Dockerfile, a base image): mostly not worth retrying."""
+
+
+def build_failed(detail: str) -> BuildFailed:
+    # The classic builder reads every child of a step's image while looking for a cached one;
+    # when other work on the engine deletes one of those meanwhile, the build fails with this,
+    # and building again works.
+    return BuildFailed(detail, transient='unable to find image "sha256:' in detail)
 
 
 def _looks_unreachable(text: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 import tempfile
 from pathlib import Path
@@ -36,11 +37,13 @@ from workers.context import (
     pack_directory,
     redact,
 )
-from workers.engine import BuildFailed, Engine, EngineError, RegistryAuth
+from workers.engine import BuildFailed, Engine, EngineError, Pulled, RegistryAuth
 from workers.netguard import AddressRefused, check_host
 from workers.runner import JobFailed, JobRun, run
 
 DOCKER_HUB = "https://index.docker.io/v1/"
+
+log = logging.getLogger("imagejobs.worker")
 
 
 @shared_task(name="imagejobs.image.import")
@@ -75,6 +78,7 @@ def _import(job_run: JobRun) -> None:
             job_run.step(job, "Pull", f"Pulling {reference}")
 
     tag = f"imagejobs/{image_id}"
+    pulled = None
     with Engine() as engine:
         try:
             if origin["type"] == "docker-file":
@@ -87,7 +91,8 @@ def _import(job_run: JobRun) -> None:
                 # is not Docker Hub.
                 if origin["type"] != "docker-hub" or names_registry(reference):
                     _check_registry(reference.split("/", 1)[0])
-                file_id = engine.pull(reference, auth)
+                pulled = engine.pull(reference, auth)
+                file_id = pulled.image_id
             with job_run.write() as (session, job):
                 session.get(Image, image_id, with_for_update=True).move_to(ImageState.VERIFYING)
                 job_run.step(job, "Verify", "Reading the image's configuration and size")
@@ -99,6 +104,10 @@ def _import(job_run: JobRun) -> None:
         except EngineError as exc:
             _forget_upload(upload)
             raise JobFailed(exc.message, transient=exc.transient) from None
+        finally:
+            # After the tag, or after a failure: either way the pulled name is no longer needed.
+            if pulled and pulled.created:
+                _drop_pulled_name(engine, pulled)
 
     with job_run.write() as (session, job):
         image = session.get(Image, image_id, with_for_update=True)
@@ -114,6 +123,20 @@ def _import(job_run: JobRun) -> None:
         jobs.complete(session, job, {"image_id": image_id, "file_id": file_id,
                                      "node_id": image.factory_node_id})
     _forget_upload(upload)
+
+
+def _drop_pulled_name(engine: Engine, pulled: Pulled) -> None:
+    """Remove the name the pull made: once the image's own tag holds the image, or the import failed.
+
+    Left, it would keep the image in the engine after the image is deleted or pruned (or after a
+    failed import, for ever). A name the engine held before the pull belongs to someone else and
+    stays. Failing here costs disk, not the import, so it is logged and the job goes on.
+    """
+    try:
+        engine.untag(pulled.name)
+    except EngineError as exc:
+        log.warning("import of %s: could not remove `%s` after pulling it: %s", pulled.image_id,
+                    pulled.name, exc.message)
 
 
 def _load_upload(engine: Engine, archive: Path) -> str:
@@ -208,7 +231,7 @@ def _build(job_run: JobRun, engine: Engine, image_id: str, details: dict[str, An
         except BuildFailed as exc:
             lines = "\n".join(build_log.last_lines(8))
             raise JobFailed(f"The build failed: {exc.message}\nThe last lines of its log:\n"
-                            f"{lines}") from None
+                            f"{lines}", transient=exc.transient) from None
         except EngineError as exc:  # a registry login refused, the engine away: say so in the log
             build_log.append(f"ERROR: {exc.message}\n")
             raise
