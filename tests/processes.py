@@ -14,12 +14,36 @@ from pathlib import Path
 import requests
 
 from tests.conftest import ROOT
+from tests.support import recreate_database
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    """`imagejobs ARGS...` run to its end; its output."""
+    result = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
+                            text=True, cwd=ROOT, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+def own_database(database: str, env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A fresh, migrated database with one hub and key: the environment of processes using it,
+    and the headers of that key.
+
+    Processes on it are alone there: no other test's worker sweeps, claims or republishes its
+    jobs.
+    """
+    recreate_database(database)
+    env = {**env, "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"}
+    cli(env, "db", "upgrade")
+    hub = cli(env, "hub", "create", database)
+    return env, {"Authorization": f"Bearer {cli(env, 'key', 'create', '--hub', hub)}",
+                 "X-Hub-Id": hub}
 
 
 @contextmanager

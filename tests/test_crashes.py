@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.conftest import make_tenant
-from tests.processes import api_server, imagejobs
+from tests.conftest import TEST_DATABASE
+from tests.processes import api_server, imagejobs, own_database
 from tests.servers import FileServer
 from tests.support import children, dockerfile_context
 
@@ -27,10 +27,10 @@ TICKS = 40  # one line every 0.2 s, each with the second it was printed at
 
 
 class Stack:
-    def __init__(self, base: str, worker_pid: int, files: FileServer):
+    def __init__(self, base: str, headers: dict[str, str], worker_pid: int, files: FileServer):
         self.base, self.worker_pid, self.files = base, worker_pid, files
         self.http = requests.Session()
-        self.http.headers.update(make_tenant().headers)
+        self.http.headers.update(headers)
 
     def call(self, method: str, path: str, **kwargs) -> dict:
         response = self.http.request(method, f"{self.base}{path}", timeout=10, **kwargs)
@@ -76,7 +76,9 @@ def stack(docker_client) -> Iterator[Stack]:
     import redis
 
     redis.Redis.from_url(REDIS).flushdb()
-    env = {**os.environ, **ENV}
+    # A database of its own: the suite's worker would otherwise take the job over when a lease
+    # lapses, and the test would kill a pool child that runs nothing.
+    env, headers = own_database(f"{TEST_DATABASE}_crashes", {**os.environ, **ENV})
     files = FileServer()
     with api_server("crashes-api", env=env) as base, \
             imagejobs("crashes-worker", "worker", "--queues", "imagejobs-build", "--concurrency",
@@ -85,7 +87,7 @@ def stack(docker_client) -> Iterator[Stack]:
         while "ready." not in log.read_text():
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
-        yield Stack(base, worker.pid, files)
+        yield Stack(base, headers, worker.pid, files)
         assert worker.poll() is None, "the worker's main process died"
     files.close()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,10 +41,9 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.exceptions import HTTPException
 
 from app.jobs.queueing import node_queue
-from tests.conftest import ROOT, TEST_DATABASE
+from tests.conftest import TEST_DATABASE
 from tests.helpers import registry_origin
-from tests.processes import api_server, imagejobs
-from tests.support import recreate_database
+from tests.processes import api_server, cli, imagejobs, own_database
 
 DATABASE = f"{TEST_DATABASE}_fuzz"
 REDIS_URL = os.environ.get("IMAGEJOBS_FUZZ_REDIS", "redis://127.0.0.1:6379/8")
@@ -55,13 +53,6 @@ EXAMPLES = int(os.environ.get("IMAGEJOBS_FUZZ_EXAMPLES") or 10)
 SEED = os.environ.get("IMAGEJOBS_FUZZ_SEED") or "1729"
 LOOPBACK_ONLY = Path(__file__).parent / "loopback_only"
 FINAL_JOB_STATES = {"completed", "error", "expired"}
-
-
-def cli(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
-                            text=True, cwd=ROOT, env=env, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.strip()
 
 
 @dataclass
@@ -100,15 +91,11 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(docker_client, tmp_path_factory) -> Iterator[Stack]:
-    recreate_database(DATABASE)
     redis.Redis.from_url(REDIS_URL).flushdb()
-    env = {**os.environ, "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}",
-           "REDIS_URL": REDIS_URL, "IMAGEJOBS_NODE_ID": NODE, "IMAGEJOBS_GIT_TIMEOUT": "10",
-           "IMAGEJOBS_UPLOAD_DIR": str(tmp_path_factory.mktemp("fuzz-uploads"))}
-    cli(env, "db", "upgrade")
-    hub = cli(env, "hub", "create", "fuzz")
-    headers = {"Authorization": f"Bearer {cli(env, 'key', 'create', '--hub', hub)}",
-               "X-Hub-Id": hub}
+    env, headers = own_database(DATABASE, {
+        **os.environ, "REDIS_URL": REDIS_URL, "IMAGEJOBS_NODE_ID": NODE,
+        "IMAGEJOBS_GIT_TIMEOUT": "10",
+        "IMAGEJOBS_UPLOAD_DIR": str(tmp_path_factory.mktemp("fuzz-uploads"))})
     worker_env = {**env, "PYTHONPATH": os.pathsep.join(
         p for p in (str(LOOPBACK_ONLY), env.get("PYTHONPATH")) if p)}
     with imagejobs(f"fuzz-worker-{TEST_DATABASE}", "worker", "--concurrency", "4",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -207,6 +208,9 @@ def print_report(report: Report, load: Load, injector: Injector, stack: Stack) -
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Stopped by SIGTERM (a timeout, CI): unwind like Ctrl-C, so every process and private
+    # service this run started is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"seed {args.seed}", flush=True)
     rng = random.Random(args.seed)
     plan = plan_load(rng, args.jobs)
