@@ -219,6 +219,11 @@ ensure_engine() {
         if [[ -f $ctr_pidfile ]] && ! pid_alive "$(<"$ctr_pidfile")" containerd; then
             rm -f "$ctr_pidfile"
         fi
+        # With --bridge=none every build step's container leaves a network sandbox behind
+        # (moby/moby#46583), and dockerd removes them one by one at its next start: after a
+        # day of builds that took minutes. This engine's only networks are the predefined
+        # ones, which dockerd makes again when the store is gone.
+        rm -f "$dataroot/network/files/local-kv.db"
         log "starting $name (dockerd on unix://$sock)"
         # No bridge/iptables/NAT: containers get no outside network here (tests
         # use --network none; the default network is loopback-only). The mirror
@@ -231,7 +236,7 @@ ensure_engine() {
             --exec-root "$execroot" \
             --pidfile "$pidfile")
     fi
-    wait_for_daemon "$pid" dockerd 60 "$name on unix://$sock" engine_up "$sock" ||
+    wait_for_daemon "$pid" dockerd 120 "$name on unix://$sock" engine_up "$sock" ||
         fail_with_log "$logfile" "$name (dockerd pid $pid) did not come up on unix://$sock"
     SUMMARY+=("$name unix://$sock ok")
 }
