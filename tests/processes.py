@@ -87,3 +87,28 @@ def _healthy(base: str) -> bool:
         return requests.get(f"{base}/v1/health", timeout=5).ok
     except requests.RequestException:  # not listening yet, or still starting
         return False
+
+
+class ApiClient:
+    """An API the tests started, called with one hub's key."""
+
+    def __init__(self, base: str, headers: dict[str, str]):
+        self.base = base
+        self.http = requests.Session()
+        self.http.headers.update(headers)
+
+    def call(self, method: str, path: str, **kwargs) -> dict:
+        response = self.http.request(method, f"{self.base}{path}", timeout=10, **kwargs)
+        assert response.status_code < 300, response.text
+        return response.json()["data"]
+
+    def job(self, job_id: str) -> dict:
+        return self.call("GET", f"/v1/jobs/{job_id}")
+
+    def wait_for(self, condition, what: str, timeout: float = 90):
+        """`condition()` once it is truthy; fails the test after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not (result := condition()):
+            assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+            time.sleep(0.2)
+        return result

@@ -106,6 +106,26 @@ class _FileHandler(_QuietHandler):
         self.wfile.write(data)
 
 
+class UnavailableServer(_Server):
+    """A registry that is down: 503 to every request. `requests` counts them by path.
+
+    No real registry can be made to answer 503 on demand; this stands in for that fault only.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.requests: dict[str, int] = {}
+        super().__init__(_UnavailableHandler, host, port)
+
+
+class _UnavailableHandler(_QuietHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        server: UnavailableServer = self.server.owner  # type: ignore[attr-defined]
+        server.requests[self.path] = server.requests.get(self.path, 0) + 1
+        self.send_error(503)
+
+    do_HEAD = do_GET
+
+
 def git(*args: str, cwd: Path) -> str:
     """Run the git CLI as a fixed author; returns its output."""
     return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,

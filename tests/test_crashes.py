@@ -14,10 +14,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import requests
 
 from tests.conftest import TEST_DATABASE
-from tests.processes import api_server, imagejobs, own_database
+from tests.processes import ApiClient, api_server, imagejobs, own_database
 from tests.servers import FileServer
 from tests.support import children, dockerfile_context
 
@@ -26,16 +25,10 @@ ENV = {"REDIS_URL": REDIS, "IMAGEJOBS_LEASE_SECONDS": "3", "IMAGEJOBS_MAX_ATTEMP
 TICKS = 40  # one line every 0.2 s, each with the second it was printed at
 
 
-class Stack:
+class Stack(ApiClient):
     def __init__(self, base: str, headers: dict[str, str], worker_pid: int, files: FileServer):
-        self.base, self.worker_pid, self.files = base, worker_pid, files
-        self.http = requests.Session()
-        self.http.headers.update(headers)
-
-    def call(self, method: str, path: str, **kwargs) -> dict:
-        response = self.http.request(method, f"{self.base}{path}", timeout=10, **kwargs)
-        assert response.status_code < 300, response.text
-        return response.json()["data"]
+        super().__init__(base, headers)
+        self.worker_pid, self.files = worker_pid, files
 
     def build(self, ticks: int = TICKS) -> tuple[str, str]:
         """Start the import of a build printing `ticks` lines; (image id, job id)."""
@@ -49,19 +42,9 @@ class Stack:
         job = self.call("POST", f"/v1/images/{image['id']}/tasks", json={"action": "import"})
         return image["id"], job["job"]["id"]
 
-    def job(self, job_id: str) -> dict:
-        return self.call("GET", f"/v1/jobs/{job_id}")
-
     def log(self, image_id: str) -> str:
         response = self.http.get(f"{self.base}/v1/images/{image_id}/build-log", timeout=10)
         return response.json()["data"]["log"] if response.ok else ""
-
-    def wait_for(self, condition, what: str, timeout: float = 90):
-        deadline = time.monotonic() + timeout
-        while not (result := condition()):
-            assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-            time.sleep(0.2)
-        return result
 
     def kill_the_builder(self) -> float:
         """SIGKILL the pool child (concurrency 1: the one running the build); when it was."""

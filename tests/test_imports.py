@@ -36,6 +36,7 @@ from tests.helpers import (
     registry_origin,
     repository_path,
 )
+from tests.servers import UnavailableServer
 from tests.support import dockerfile_context
 from workers.engine import Engine, EngineError
 
@@ -138,10 +139,11 @@ def test_override_target_replaces_the_sources_target(api, docker_client, pushed_
 
 
 @pytest.mark.parametrize(("way", "words"), [
-    ("wrong-password", ["refused the credentials"]),
-    ("no-credentials", ["requires credentials", "has none"]),
-    ("unknown-tag", ["does not exist"]),
-    ("unreachable-registry", ["could not be reached"]),
+    ("wrong-password", ["refused the credentials", "not retried"]),
+    ("no-credentials", ["requires credentials", "has none", "not retried"]),
+    ("unknown-tag", ["does not exist", "not retried"]),
+    ("unreachable-registry", ["could not be reached", "a temporary fault",
+                              "given up after 3 attempts"]),
 ])
 def test_a_failed_import_ends_in_error_and_leaves_the_image_new(api, pushed_image, way, words):
     image = image_from(api, broken_origins(pushed_image)[way])
@@ -149,6 +151,25 @@ def test_a_failed_import_ends_in_error_and_leaves_the_image_new(api, pushed_imag
     job = import_and_wait(api, image["id"])
 
     assert_failed(job, get_image(api, image["id"]), *words)
+
+
+def test_a_registry_answering_503_is_retried_with_backoff_then_given_up(api):
+    registry = UnavailableServer()
+    try:
+        image = image_from(api, registry_origin(
+            "tests/anything:v1", f"127.0.0.1:{registry.httpd.server_port}"))
+
+        job = import_and_wait(api, image["id"])
+    finally:
+        registry.close()
+
+    assert_failed(job, get_image(api, image["id"]), "503 Service Unavailable",
+                  "a temporary fault", "given up after 3 attempts")
+    pulls = [parse_time(step["started"]) for step in job["tasks"][0]["steps"]]
+    assert len(pulls) == 3  # one Pull step per attempt
+    first_wait, second_wait = ((pulls[n + 1] - pulls[n]).total_seconds() for n in (0, 1))
+    assert first_wait >= 1 and second_wait >= 3  # IMAGEJOBS_RETRY_SECONDS=1 here, tripled
+    assert registry.requests.get("/v2/tests/anything/manifests/v1", 0) >= 3
 
 
 def delete_from_registry(reference: str) -> None:

@@ -16,13 +16,12 @@ import requests.exceptions
 from docker.utils import parse_repository_tag
 
 from app.config import get_settings
+from workers.runner import JobFailed
 
 
-class EngineError(Exception):
-    def __init__(self, message: str, *, transient: bool = False):
-        super().__init__(message)
-        self.message = message
-        self.transient = transient
+class EngineError(JobFailed):
+    """An engine or registry fault. It is a `JobFailed`, so one that escapes a task (the engine
+    away before any call) still ends the attempt with its message, retried when transient."""
 
 
 @dataclass(frozen=True)

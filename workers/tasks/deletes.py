@@ -12,7 +12,7 @@ from celery import shared_task
 from app.config import get_settings
 from app.images.models import Image, ImageState
 from app.jobs import engine as jobs
-from workers.engine import Engine, EngineError
+from workers.engine import Engine
 from workers.runner import JobFailed, JobRun, run
 
 
@@ -39,18 +39,15 @@ def _delete(job_run: JobRun) -> None:
                      + (" (dry run)" if dry_run else ""))
 
     if file_id:
-        with Engine() as engine:
-            try:
-                users = engine.containers_using(file_id, file_name)
-                if users:
-                    reason = (f"used by container(s) {', '.join(users)} on node {node_id}")
-                    if not dry_run:
-                        raise JobFailed(f"The image is {reason}; it was not removed.")
-                    return _finish(job_run, image_id, f"would be kept: {reason}", dry_run)
+        with Engine() as engine:  # its faults are `JobFailed`s: the runner records them
+            users = engine.containers_using(file_id, file_name)
+            if users:
+                reason = (f"used by container(s) {', '.join(users)} on node {node_id}")
                 if not dry_run:
-                    engine.untag(file_name)
-            except EngineError as exc:
-                raise JobFailed(exc.message, transient=exc.transient) from None
+                    raise JobFailed(f"The image is {reason}; it was not removed.")
+                return _finish(job_run, image_id, f"would be kept: {reason}", dry_run)
+            if not dry_run:
+                engine.untag(file_name)
     _finish(job_run, image_id, "would be removed" if dry_run else "removed", dry_run)
 
 

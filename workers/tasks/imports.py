@@ -79,35 +79,38 @@ def _import(job_run: JobRun) -> None:
 
     tag = f"imagejobs/{image_id}"
     pulled = None
-    with Engine() as engine:
-        try:
-            if origin["type"] == "docker-file":
-                file_id = _build(job_run, engine, image_id, origin["details"], override, build,
-                                 tag, log_size)
-            elif origin["type"] == "cycle-upload":
-                file_id = _load_upload(engine, Path(get_settings().upload_dir) / upload)
-            else:
-                # Docker Hub is the operator's (its mirror); a target naming another registry
-                # is not Docker Hub.
-                if origin["type"] != "docker-hub" or names_registry(reference):
-                    _check_registry(reference.split("/", 1)[0])
-                pulled = engine.pull(reference, auth)
-                file_id = pulled.image_id
-            with job_run.write() as (session, job):
-                session.get(Image, image_id, with_for_update=True).move_to(ImageState.VERIFYING)
-                job_run.step(job, "Verify", "Reading the image's configuration and size")
-            attrs = engine.inspect(file_id)
-            with job_run.write() as (session, job):
-                session.get(Image, image_id, with_for_update=True).move_to(ImageState.SAVING)
-                job_run.step(job, "Save", "Tagging the image in the engine of this node")
-            engine.tag(file_id, tag, "latest")
-        except EngineError as exc:
+    try:
+        with Engine() as engine:
+            try:
+                if origin["type"] == "docker-file":
+                    file_id = _build(job_run, engine, image_id, origin["details"], override, build,
+                                     tag, log_size)
+                elif origin["type"] == "cycle-upload":
+                    file_id = _load_upload(engine, Path(get_settings().upload_dir) / upload)
+                else:
+                    # Docker Hub is the operator's (its mirror); a target naming another registry
+                    # is not Docker Hub.
+                    if origin["type"] != "docker-hub" or names_registry(reference):
+                        _check_registry(reference.split("/", 1)[0])
+                    pulled = engine.pull(reference, auth)
+                    file_id = pulled.image_id
+                with job_run.write() as (session, job):
+                    session.get(Image, image_id, with_for_update=True).move_to(ImageState.VERIFYING)
+                    job_run.step(job, "Verify", "Reading the image's configuration and size")
+                attrs = engine.inspect(file_id)
+                with job_run.write() as (session, job):
+                    session.get(Image, image_id, with_for_update=True).move_to(ImageState.SAVING)
+                    job_run.step(job, "Save", "Tagging the image in the engine of this node")
+                engine.tag(file_id, tag, "latest")
+            finally:
+                # After the tag, or after a failure: either way the pulled name is no longer needed.
+                if pulled and pulled.created:
+                    _drop_pulled_name(engine, pulled)
+    except EngineError as exc:
+        # A temporary fault is tried again on the same upload, unless this was the last try.
+        if not exc.transient or job_run.claim.attempt >= get_settings().max_attempts:
             _forget_upload(upload)
-            raise JobFailed(exc.message, transient=exc.transient) from None
-        finally:
-            # After the tag, or after a failure: either way the pulled name is no longer needed.
-            if pulled and pulled.created:
-                _drop_pulled_name(engine, pulled)
+        raise
 
     with job_run.write() as (session, job):
         image = session.get(Image, image_id, with_for_update=True)
