@@ -176,6 +176,28 @@ def test_a_prune_removes_the_free_images_and_keeps_the_used_ones(
     assert get_image(api, bystander["id"])["state"]["current"] == "live"
 
 
+def test_more_prunes_at_once_than_worker_slots_all_end(api, docker_client, live_image,
+                                                      pushed_image):
+    """The suite's worker has two slots: a prune waiting in a slot for its delete would leave
+    three prunes waiting for ever."""
+    origin = registry_origin(repository_path(pushed_image.public))
+    sources = [create_source(api, origin)["id"] for _ in range(3)]
+    images = [live_image(source_id) for source_id in sources]
+    started = [api.post("/v1/images/tasks", json={
+        "action": "prune", "contents": {"source_ids": [source_id]}}) for source_id in sources]
+    assert [response.status_code for response in started] == [202] * 3
+
+    jobs = [api.wait_for_job(response.get_json()["data"]["job"]["id"], timeout=60)
+            for response in started]
+
+    for image, job in zip(images, jobs, strict=True):
+        assert job["state"]["current"] == "completed", job
+        assert job["tasks"][0]["output"] == {image["id"]: "removed",
+                                             "summary": "1 image(s) removed, 0 kept"}
+        assert get_image(api, image["id"])["state"]["current"] == "deleted"
+        assert not engine_holds(docker_client, image["backend"]["file_name"])
+
+
 def test_a_prune_keeps_an_image_whose_import_is_queued(api, tenant, live_image):
     free, never_imported = live_image(), create_image(api, live_image.source["id"])
     waiting = create_image(api, live_image.source["id"])

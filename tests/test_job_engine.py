@@ -293,3 +293,38 @@ def test_a_job_retried_later_is_not_claimed_or_published_before_its_time(tenant)
     done = load(job_id)
     assert done.state == JobState.COMPLETED and done.error_message is None
     assert done.tasks[0]["error"] is None
+
+
+def test_a_parent_waits_unleased_and_its_last_child_to_end_finishes_it(tenant):
+    parent_id = new_job(tenant, action="images.prune", task_input={"source_ids": [], "n": 1})
+    claim = engine.claim(parent_id, "planner")
+    with engine.fenced(claim) as (session, parent):
+        children = [create_job(session, hub_id=tenant.hub_id, action="image.delete",
+                               creator={"id": tenant.key_id, "type": "api-key"},
+                               queue=IDLE_QUEUE, caption="child", subject_id=f"image-{n}",
+                               task=NewTask(header="delete", caption="Delete",
+                                            input={"n": time.monotonic_ns()}),
+                               parent_id=parent_id).id for n in (1, 2)]
+        engine.wait_for_children(session, parent, {"image-0": "kept: decided at once"})
+    assert not engine.renew(claim)  # the planner's lease keeper cannot take it back
+    waiting = load(parent_id)
+    assert waiting.state == JobState.RUNNING and waiting.lease_expires is None
+
+    done = engine.claim(children[0], "node-worker")
+    with engine.fenced(done) as (session, child):
+        engine.complete(session, child, {"result": "removed"})
+    assert load(parent_id).tasks[0]["output"] == {"image-0": "kept: decided at once",
+                                                  "image-1": "removed"}
+    marker = new_job(tenant)  # once the sweeper expired it, it has swept the waiting parent too
+    set_job(marker, expires=utcnow() - timedelta(seconds=1))
+    sweep_until(lambda: load(marker).state == JobState.EXPIRED)
+    assert (load(parent_id).state, load(parent_id).attempt) == (JobState.RUNNING, 1)  # no lease
+    set_job(children[1], expires=utcnow() - timedelta(seconds=1))
+    sweep_until(lambda: load(children[1]).state == JobState.EXPIRED)
+
+    parent = load(parent_id)
+    assert parent.state == JobState.COMPLETED
+    assert parent.tasks[0]["output"] == {
+        "image-0": "kept: decided at once", "image-1": "removed",
+        "image-2": "kept: The job was not started before it expired.",
+        "summary": "1 image(s) removed, 2 kept"}

@@ -192,13 +192,14 @@ def delete_image(session: Session, hub_id: str, creator: dict[str, str], image_i
 
 
 def queue_delete(session: Session, image: Image, creator: dict[str, str],
-                 task_input: dict[str, Any]) -> Job:
+                 task_input: dict[str, Any], parent_id: str | None = None) -> Job:
     """A delete job, on the queue of the node whose engine holds the image."""
     queue = (queueing.node_queue(image.factory_node_id) if image.factory_node_id
              else queueing.MAINTENANCE_QUEUE)
     return create_job(session, hub_id=image.hub_id, creator=creator, action="image.delete",
                       queue=queue, caption=f"Delete image {image.name}", subject_id=image.id,
-                      task=NewTask(header="delete", caption="Delete image", input=task_input))
+                      task=NewTask(header="delete", caption="Delete image", input=task_input),
+                      parent_id=parent_id)
 
 
 def prune_images(session: Session, hub_id: str, creator: dict[str, str], source_ids: list[str],

@@ -21,7 +21,7 @@ from app.config import get_settings
 from app.db import rfc3339, transaction, utcnow
 from app.images.models import IMPORTING, TRANSITIONAL, Image, ImageState
 from app.jobs import services
-from app.jobs.models import Job, JobState
+from app.jobs.models import JOB_STATES, Job, JobState
 from app.sources.models import ImageSource, SourceState
 
 log = logging.getLogger("imagejobs.jobs")
@@ -69,7 +69,7 @@ def renew(claim: Claim) -> bool:
         result = session.execute(
             update(Job)
             .where(Job.id == claim.job_id, Job.attempt == claim.attempt,
-                   Job.state == JobState.RUNNING)
+                   Job.state == JobState.RUNNING, Job.lease_expires.is_not(None))
             .values(lease_expires=utcnow() + timedelta(seconds=get_settings().lease_seconds)))
         return result.rowcount == 1
 
@@ -125,6 +125,7 @@ def complete(session: Session, job: Job, output: dict[str, str] | None = None) -
     job.move_to(JobState.COMPLETED)
     job.error_message = None  # a fault an earlier attempt met is over
     _set_task(job, state="completed", completed=True, output=output, error=None)
+    _tell_parent(session, job)
 
 
 def fail(session: Session, job: Job, message: str) -> None:
@@ -133,6 +134,67 @@ def fail(session: Session, job: Job, message: str) -> None:
     job.move_to(JobState.ERROR, error=message)
     _set_task(job, state="error", completed=True, error=message)
     _release_subject(session, job, message)
+    _tell_parent(session, job)
+
+
+def wait_for_children(session: Session, job: Job, outcome: dict[str, str]) -> None:
+    """Leave the job running, but held by no worker, until its last child job ends.
+
+    A prune (or a source deletion) hands its images to delete jobs on the nodes that hold them.
+    Waiting in a worker would hold a pool slot, and prunes filling every slot would wait for ever
+    for deletes that no slot is left to run. The child that ends last finishes the parent, in
+    its own transaction. `outcome` is what was decided without a child, per image id; each
+    child's result joins it in the task's output as it ends.
+    """
+    job.lease_owner = job.lease_expires = None  # out of the sweeper's reach: no lease to lapse
+    _set_task(job, state="running", output=outcome)
+    _fan_in(session, job)
+
+
+def _tell_parent(session: Session, child: Job) -> None:
+    if child.parent_id is None:
+        return
+    parent = session.scalar(select(Job).where(
+        Job.id == child.parent_id, Job.state == JobState.RUNNING, Job.lease_expires.is_(None)
+    ).with_for_update().execution_options(populate_existing=True))
+    if parent is not None:
+        _fan_in(session, parent)
+
+
+def _fan_in(session: Session, parent: Job) -> None:
+    """Gather the results of the parent's ended children; finish it when none is left."""
+    output = dict(parent.tasks[0].get("output") or {})
+    children = list(session.scalars(select(Job).where(Job.parent_id == parent.id)))
+    for child in children:
+        if child.state in JOB_STATES.final:
+            output[child.subject_id] = ((child.tasks[0].get("output") or {}).get("result")
+                                        or f"kept: {child.error_message}")
+    if not all(child.state in JOB_STATES.final for child in children):
+        _set_task(parent, state="running", output=output)
+    elif parent.action == "source.delete":
+        _finish_source_deletion(session, parent, output)
+    else:
+        complete(session, parent, {**output, "summary": summary(output, parent.input)})
+
+
+def _finish_source_deletion(session: Session, job: Job, outcome: dict[str, str]) -> None:
+    kept = {k: v for k, v in outcome.items() if not v.startswith(("removed", "already deleted"))}
+    if kept:
+        fail(session, job, f"The source was not deleted: {len(kept)} of its images remain ("
+             + "; ".join(f"{k}: {v}" for k, v in sorted(kept.items())) + ").")
+        return
+    source = session.get(ImageSource, job.subject_id, with_for_update=True)
+    if source.state == SourceState.LIVE:  # an earlier attempt's fault put it back
+        source.move_to(SourceState.DELETING)
+    if source.state != SourceState.DELETED:
+        source.move_to(SourceState.DELETED)
+    complete(session, job, {**outcome, "summary": summary(outcome, job.input)})
+
+
+def summary(outcome: dict[str, str], task_input: dict) -> str:
+    removed = sum(1 for v in outcome.values() if v in ("removed", "would be removed"))
+    verb = "would be removed" if task_input.get("dry_run") else "removed"
+    return f"{removed} image(s) {verb}, {len(outcome) - removed} kept"
 
 
 def retry_later(session: Session, job: Job, message: str, delay_seconds: float) -> None:
@@ -204,6 +266,7 @@ def _expire(session: Session, job: Job) -> None:
     _set_task(job, state="error", completed=True, error=message)
     # A delete queued for a node that never came leaves its image as it was, error shown.
     _release_subject(session, job, message)
+    _tell_parent(session, job)
 
 
 @dataclass

@@ -57,6 +57,8 @@ class Job(Base):
     caption: Mapped[str] = mapped_column(String(512))
     # The resource the job works on (an image or a source), for routing and for the UI.
     subject_id: Mapped[str | None] = mapped_column(String(24), index=True)
+    # The job that waits for this one to end (a prune waits for its deletes), if any.
+    parent_id: Mapped[str | None] = mapped_column(String(24), index=True)
     input: Mapped[dict[str, Any]]
     # The spec's tasks[] with their steps, kept whole: they are read and written with the job.
     tasks: Mapped[list[dict[str, Any]]]

@@ -33,7 +33,8 @@ def job_hash(hub_id: str, action: str, task_input: dict[str, Any]) -> str:
 
 
 def create_job(session: Session, *, hub_id: str, creator: dict[str, str], action: str,
-               queue: str, caption: str, subject_id: str | None, task: NewTask) -> Job:
+               queue: str, caption: str, subject_id: str | None, task: NewTask,
+               parent_id: str | None = None) -> Job:
     """A queued job, or the equal job still unfinished (same hub, action and input).
 
     The caller commits, then calls `publish`: a job is in Postgres before the broker hears of it.
@@ -45,7 +46,8 @@ def create_job(session: Session, *, hub_id: str, creator: dict[str, str], action
     now = utcnow()
     job = Job(
         id=new_id(), hub_id=hub_id, action=action, queue=queue, caption=caption,
-        subject_id=subject_id, input=task.input, hash=digest, limit_duplicates=True,
+        subject_id=subject_id, parent_id=parent_id, input=task.input, hash=digest,
+        limit_duplicates=True,
         creator_type=creator["type"], creator_id=creator["id"], state=JobState.QUEUED,
         state_changed=now, queued_at=now, schedule=now,
         expires=now + timedelta(seconds=get_settings().job_ttl_seconds),

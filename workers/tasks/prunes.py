@@ -1,13 +1,14 @@
 """Prune, and the deletion of a source: remove the images of some sources, on every node.
 
-The job plans on the maintenance queue, hands each image an engine holds to a delete job on the
-queue of that node, waits for them, and reports per image what was removed and what was kept, and
-why. Images no engine holds are removed by the job itself.
+The job plans on the maintenance queue and hands each image an engine holds to a delete job on
+the queue of that node. It then waits for them without holding a worker: the delete that ends
+last finishes it (`app.jobs.engine.wait_for_children`), with per image what was removed and
+what was kept, and why. Images no engine holds are removed by the job itself.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 
 from celery import shared_task
 from sqlalchemy import select
@@ -17,12 +18,11 @@ from app.db import transaction
 from app.images.models import TRANSITIONAL, Image, ImageState
 from app.images.services import queue_delete
 from app.jobs import engine as jobs
-from app.jobs.models import ACTIVE, JOB_STATES, Job
+from app.jobs.models import ACTIVE, Job
 from app.jobs.services import publish
-from app.sources.models import ImageSource, SourceState
-from workers.runner import JobFailed, JobRun, run
+from workers.runner import JobRun, run
 
-POLL_SECONDS = 0.5
+log = logging.getLogger("imagejobs.worker")
 
 
 @shared_task(name="imagejobs.images.prune")
@@ -38,32 +38,19 @@ def delete_source(job_id: str) -> None:
 def _prune(job_run: JobRun) -> None:
     with job_run.write() as (_, job):
         source_ids, dry_run = job.input["source_ids"], bool(job.input.get("dry_run"))
-    outcome = remove_images(job_run, source_ids, dry_run)
-    with job_run.write() as (session, job):
-        jobs.complete(session, job, {**outcome, "summary": summary(outcome, dry_run)})
+    remove_images(job_run, source_ids, dry_run)
 
 
 def _delete_source(job_run: JobRun) -> None:
     with job_run.write() as (_, job):
         source_id = job.input["source_id"]
-    outcome = remove_images(job_run, [source_id], dry_run=False)
-    kept = {k: v for k, v in outcome.items() if not v.startswith(("removed", "already deleted"))}
-    if kept:
-        raise JobFailed(f"The source was not deleted: {len(kept)} of its images remain ("
-                        + "; ".join(f"{k}: {v}" for k, v in sorted(kept.items())) + ").")
-    with job_run.write() as (session, job):
-        source = session.get(ImageSource, source_id, with_for_update=True)
-        if source.state == SourceState.LIVE:  # an earlier attempt's fault put it back
-            source.move_to(SourceState.DELETING)
-        if source.state != SourceState.DELETED:
-            source.move_to(SourceState.DELETED)
-        jobs.complete(session, job, {**outcome, "summary": summary(outcome, False)})
+    remove_images(job_run, [source_id], dry_run=False)
 
 
-def remove_images(job_run: JobRun, source_ids: list[str], dry_run: bool) -> dict[str, str]:
-    """Delete (or, dry, judge) every image of these sources; per image id, what became of it."""
+def remove_images(job_run: JobRun, source_ids: list[str], dry_run: bool) -> None:
+    """Delete (or, dry, judge) every image of these sources, then wait for the nodes' deletes."""
     outcome: dict[str, str] = {}
-    children: dict[str, str] = {}
+    children: list[str] = []
     with job_run.write() as (session, job):
         jobs.start_step(job, "Plan", "Finding the images of the sources")
         images = list(session.scalars(select(Image).where(
@@ -79,25 +66,27 @@ def remove_images(job_run: JobRun, source_ids: list[str], dry_run: bool) -> dict
             elif image.id in importing:
                 outcome[image.id] = "kept: an import of it is queued"
             elif not image.factory_node_id:
-                # No engine holds it: nothing for a node to do, and no child job for this one
-                # to wait on (a pool full of waiting prunes would wait for ever).
+                # No engine holds it: nothing for a node to do.
                 outcome[image.id] = "would be removed" if dry_run else "removed"
                 if not dry_run:
                     image.move_to(ImageState.DELETING)
                     image.move_to(ImageState.DELETED)
             else:
                 child = queue_delete(session, image, creator, {
-                    "image_id": image.id, "dry_run": dry_run, "requested_by": job.id})
-                children[image.id] = child.id
+                    "image_id": image.id, "dry_run": dry_run, "requested_by": job.id},
+                    parent_id=job.id)
+                children.append(child.id)
                 if not dry_run:
                     image.move_to(ImageState.DELETING)
         job_run.step(job, "Remove", f"{len(children)} image(s) handed to the nodes that hold them"
                      + (" (dry run)" if dry_run else ""))
+        jobs.wait_for_children(session, job, outcome)
+    # Committed before published: a child the broker never hears of is published by the sweeper.
     with transaction() as session:
-        for child in session.scalars(select(Job).where(Job.id.in_(children.values()))):
+        for child in session.scalars(select(Job).where(Job.id.in_(children))):
             publish(session, child)
-    outcome.update(_wait_for(job_run, children))
-    return outcome
+    if children:
+        log.info("job %s: waiting for %d delete job(s)", job_run.claim.job_id, len(children))
 
 
 def _awaiting_import(session: Session, image_ids: list[str]) -> set[str]:
@@ -107,26 +96,3 @@ def _awaiting_import(session: Session, image_ids: list[str]) -> set[str]:
     """
     return set(session.scalars(select(Job.subject_id).where(
         Job.action == "image.import", Job.subject_id.in_(image_ids), Job.state.in_(ACTIVE))))
-
-
-def _wait_for(job_run: JobRun, children: dict[str, str]) -> dict[str, str]:
-    results: dict[str, str] = {}
-    while len(results) < len(children):
-        time.sleep(POLL_SECONDS)
-        with job_run.write():  # still ours? (LeaseLost ends this attempt otherwise)
-            pass
-        with transaction() as session:
-            for image_id, job_id in children.items():
-                child = session.get(Job, job_id)
-                if image_id in results or child.state not in JOB_STATES.final:
-                    continue
-                task = child.tasks[0]
-                results[image_id] = ((task.get("output") or {}).get("result")
-                                     or f"kept: {child.error_message}")
-    return results
-
-
-def summary(outcome: dict[str, str], dry_run: bool) -> str:
-    removed = sum(1 for v in outcome.values() if v in ("removed", "would be removed"))
-    verb = "would be removed" if dry_run else "removed"
-    return f"{removed} image(s) {verb}, {len(outcome) - removed} kept"
