@@ -307,6 +307,8 @@ def test_a_parent_waits_unleased_and_its_last_child_to_end_finishes_it(tenant):
                                parent_id=parent_id).id for n in (1, 2)]
         engine.wait_for_children(session, parent, {"image-0": "kept: decided at once"})
     assert not engine.renew(claim)  # the planner's lease keeper cannot take it back
+    with pytest.raises(LeaseLost), engine.fenced(claim):  # nor can its planner change it
+        pass
     waiting = load(parent_id)
     assert waiting.state == JobState.RUNNING and waiting.lease_expires is None
 

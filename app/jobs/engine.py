@@ -94,10 +94,14 @@ def take_sweep_lock(session: Session) -> bool:
 
 @contextmanager
 def fenced(claim: Claim) -> Iterator[tuple[Session, Job]]:
-    """A transaction in which the job is locked and still this claim's, or LeaseLost."""
+    """A transaction in which the job is locked and still this claim's, or LeaseLost.
+
+    A job waiting for its children is no longer its worker's: they finish it.
+    """
     with holding_locks() as session:
         job = session.scalar(select(Job).where(
-            Job.id == claim.job_id, Job.attempt == claim.attempt, Job.state == JobState.RUNNING
+            Job.id == claim.job_id, Job.attempt == claim.attempt, Job.state == JobState.RUNNING,
+            Job.lease_expires.is_not(None)
         ).with_for_update())
         if job is None:
             raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} is no longer ours")
