@@ -168,12 +168,14 @@ def _tell_parent(session: Session, child: Job) -> None:
 def _fan_in(session: Session, parent: Job) -> None:
     """Gather the results of the parent's ended children; finish it when none is left."""
     output = dict(parent.tasks[0].get("output") or {})
-    children = list(session.scalars(select(Job).where(Job.parent_id == parent.id)))
-    for child in children:
-        if child.state in JOB_STATES.final:
-            output[child.subject_id] = ((child.tasks[0].get("output") or {}).get("result")
-                                        or f"kept: {child.error_message}")
-    if not all(child.state in JOB_STATES.final for child in children):
+    pending = False
+    for child in session.scalars(select(Job).where(Job.parent_id == parent.id)):
+        if child.state not in JOB_STATES.final:
+            pending = True
+            continue
+        output[child.subject_id] = ((child.tasks[0].get("output") or {}).get("result")
+                                    or f"kept: {child.error_message}")
+    if pending:
         _set_task(parent, state="running", output=output)
     elif parent.action == "source.delete":
         _finish_source_deletion(session, parent, output)
