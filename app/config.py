@@ -106,6 +106,10 @@ class Settings:
     # Networks a user's URL may reach although they are loopback, private or link-local.
     allowed_networks: str = field(
         default_factory=lambda: os.environ.get("IMAGEJOBS_ALLOWED_NETWORKS", ""))
+    # The engine fetches an ADD URL or git repository itself, from the host's network and past the
+    # checks above, so a Dockerfile naming one is refused unless this is `allow`.
+    build_remote_add_allowed: bool = field(default_factory=lambda: os.environ.get(
+        "IMAGEJOBS_BUILD_REMOTE_ADD", "refuse").strip().lower() == "allow")
     # Engine calls (a pull of a large image) may take this long before the job errors.
     engine_timeout_seconds: int = field(
         default_factory=lambda: _int("IMAGEJOBS_ENGINE_TIMEOUT", 1800))
