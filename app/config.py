@@ -95,6 +95,9 @@ class Settings:
     context_max_members: int = field(
         default_factory=lambda: _int("IMAGEJOBS_CONTEXT_MAX_MEMBERS", 100_000))
     fetch_timeout_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_FETCH_TIMEOUT", 30))
+    # A context download's whole time, every redirect hop together: a server sending a byte now
+    # and then never trips the timeout above, and would hold a worker slot for ever.
+    fetch_max_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_FETCH_MAX_SECONDS", 300))
     git_timeout_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_GIT_TIMEOUT", 600))
     # Uploaded image tars wait here for a worker; shared storage when API and workers are apart.
     upload_dir: str = field(default_factory=lambda: os.environ.get(

@@ -30,6 +30,8 @@ os.environ["IMAGEJOBS_ALLOWED_NETWORKS"] = "127.0.0.1/32"
 # Small enough that the tests reach them quickly: a server that never answers, a long build log.
 os.environ["IMAGEJOBS_FETCH_TIMEOUT"] = "3"
 os.environ["IMAGEJOBS_BUILD_LOG_MAX_CHARS"] = "200000"
+# A download's whole time: past the fetch timeout, so that a silent server still trips that first.
+os.environ["IMAGEJOBS_FETCH_MAX_SECONDS"] = "6"
 os.environ.setdefault("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 import pytest  # noqa: E402

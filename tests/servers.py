@@ -126,6 +126,65 @@ class _UnavailableHandler(_QuietHandler):
     do_HEAD = do_GET
 
 
+class DripServer(_Server):
+    """A server that answers one byte at a time, `DRIP_SECONDS` apart: never silent for as long
+    as a read timeout, never done. `/headers...` drips its status line and headers, `/hop/N`
+    waits `HOP_SECONDS` and redirects to `/hop/N+1`, any other path (a git repository's too)
+    drips a body after prompt headers. It gives up after `GIVE_UP_SECONDS`. `requests` counts
+    the requests by path.
+
+    No real server can be made to pace its answers like this; it stands in for a hostile one.
+    """
+
+    DRIP_SECONDS = 1.0
+    HOP_SECONDS = 2.0  # under the worker's fetch timeout of 3 s
+    GIVE_UP_SECONDS = 60
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.requests: dict[str, int] = {}
+        self.stopping = threading.Event()
+        super().__init__(_DripHandler, host, port)
+
+    def close(self) -> None:
+        self.stopping.set()  # ends the drips
+        super().close()
+
+
+class _DripHandler(_QuietHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        server: DripServer = self.server.owner  # type: ignore[attr-defined]
+        server.requests[self.path] = server.requests.get(self.path, 0) + 1
+        if self.path.startswith("/hop/"):
+            if not server.stopping.wait(server.HOP_SECONDS):
+                self.send_response(302)
+                self.send_header("Location", f"/hop/{int(self.path.split('/')[2]) + 1}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            return
+        if self.path.startswith("/headers"):
+            self._drip(b"HTTP/1.1 200 OK\r\nContent-Type: application/gzip\r\nX-Padding: "
+                       + b"." * 1000 + b"\r\n\r\n")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/gzip")
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        self._drip(bytes(1 << 20))
+
+    do_POST = do_GET  # noqa: N815
+
+    def _drip(self, data: bytes) -> None:
+        server: DripServer = self.server.owner  # type: ignore[attr-defined]
+        for sent in range(len(data)):
+            if (sent * server.DRIP_SECONDS >= server.GIVE_UP_SECONDS
+                    or server.stopping.wait(server.DRIP_SECONDS)):
+                return
+            try:
+                self.wfile.write(data[sent:sent + 1])
+            except OSError:  # the client went away
+                return
+
+
 def git(*args: str, cwd: Path) -> str:
     """Run the git CLI as a fixed author; returns its output."""
     return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,

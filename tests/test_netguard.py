@@ -26,7 +26,7 @@ from tests.helpers import assert_failed, get_image, image_from, import_and_wait,
 from tests.servers import FileServer, GitServer, Revision
 from tests.support import dockerfile_context
 from workers import netguard
-from workers.context import RepoSpec, _pinned, clone, download
+from workers.context import ContextError, RepoSpec, _pinned, clone, download
 from workers.netguard import AddressRefused, PinnedAdapter, check_address, check_host
 
 REFUSED = ["10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "127.0.0.2", "0.0.0.0",
@@ -43,6 +43,53 @@ def test_internal_addresses_are_refused(address):
 @pytest.mark.parametrize("address", PUBLIC)
 def test_public_addresses_pass(address):
     check_address(ipaddress.ip_address(address), address)
+
+
+# IPv6 addresses that carry an IPv4 one, to a relay, a translator or a dual-stack socket, and the
+# ranges newer Pythons call private that this one (3.11) does not.
+CARRIERS_REFUSED = {
+    "2002:7f00:2::": "6to4 of 127.0.0.2",
+    "2002:a00:1::1": "6to4 of 10.0.0.1",
+    "2002:808:808::": "6to4 of a public address: the relays are gone, the range is refused whole",
+    "2001:0:7f00:1::": "Teredo, its server part 127.0.0.1",
+    "2001:0:808:808:0:0:f5ff:fffe": "Teredo, its (inverted) client part 10.0.0.1",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2": "Teredo between public addresses: refused whole",
+    "64:ff9b::7f00:2": "NAT64 of 127.0.0.2",
+    "64:ff9b::a9fe:a9fe": "NAT64 of the metadata address",
+    "64:ff9b::a00:1": "NAT64 of 10.0.0.1",
+    "64:ff9b:1::808:808": "local-use NAT64: translated as its operator chose",
+    "::127.0.0.1": "IPv4-compatible 127.0.0.1",
+    "::8.8.8.8": "IPv4-compatible, deprecated: refused whole",
+    "::ffff:169.254.169.254": "IPv4-mapped metadata address",
+    "::ffff:0:7f00:1": "IPv4-translated 127.0.0.1",
+    "fec0::1": "site-local, deprecated",
+    "192.0.0.8": "IETF protocol assignments (192.0.0.0/24)",
+    "3fff::1": "documentation (3fff::/20)",
+}
+CARRIERS_PASSING = {
+    "64:ff9b::808:808": "NAT64 of 8.8.8.8: what DNS64 answers for every IPv4-only host",
+    "::ffff:8.8.8.8": "IPv4-mapped 8.8.8.8",
+}
+
+
+@pytest.mark.parametrize("address", list(CARRIERS_REFUSED), ids=list(CARRIERS_REFUSED.values()))
+def test_addresses_carrying_an_internal_ipv4_address_are_refused(address):
+    with pytest.raises(AddressRefused, match="IMAGEJOBS_ALLOWED_NETWORKS"):
+        check_address(ipaddress.ip_address(address), address)
+
+
+@pytest.mark.parametrize("address", list(CARRIERS_PASSING), ids=list(CARRIERS_PASSING.values()))
+def test_addresses_carrying_a_public_ipv4_address_pass(address):
+    check_address(ipaddress.ip_address(address), address)
+
+
+def test_a_6to4_host_of_a_loopback_address_is_not_fetched(tmp_path):
+    with open(tmp_path / "context.tar.gz", "w+b") as into, pytest.raises(ContextError) as refused:
+        download("http://[2002:7f00:2::]:9/ctx.tar.gz", into)
+
+    assert "2002:7f00:2::" in refused.value.message
+    assert "IMAGEJOBS_ALLOWED_NETWORKS" in refused.value.message
+    assert not refused.value.transient
 
 
 def test_the_allowed_network_passes_and_its_neighbours_do_not():

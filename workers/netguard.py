@@ -4,28 +4,39 @@ Every host a user names (a context URL and each redirect, a git repository, a re
 resolved and refused when any of its addresses lies in such a network, unless the operator
 allows that network with IMAGEJOBS_ALLOWED_NETWORKS (comma-separated CIDRs). The connection then
 goes to the addresses checked, never to a second answer for the name (DNS rebinding):
-`PinnedAdapter` does so for HTTP; git is pinned in workers/context.py.
+`PinnedAdapter` does so for HTTP; git is pinned in workers/context.py. An IPv6 address that
+carries an IPv4 one (IPv4-mapped, NAT64) is judged as that address; 6to4, Teredo and the other
+tunnelling ranges are refused whole. A `Deadline` bounds a whole HTTP transfer in time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
 from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
 from requests.adapters import HTTPAdapter
 from requests.models import PreparedRequest
+from urllib3.connectionpool import HTTPConnectionPool
 
 from app.config import get_settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Beyond what `ipaddress` calls private or loopback: shared address space (carrier NAT) and the
-# cloud metadata range, spelled out so that no Python version's definitions can let them by.
+# Beyond what `ipaddress` calls private or loopback: shared address space (carrier NAT), the
+# cloud metadata range, and the ranges newer Pythons call private or that carry an IPv4 address
+# to a relay or translator (6to4, Teredo, IPv4-compatible, local-use NAT64), spelled out so that
+# no Python version's definitions can let them by.
 _ALWAYS_INTERNAL = [ipaddress.ip_network(n) for n in (
-    "100.64.0.0/10", "169.254.0.0/16", "fd00:ec2::254/128", "0.0.0.0/8")]
+    "100.64.0.0/10", "169.254.0.0/16", "fd00:ec2::254/128", "0.0.0.0/8", "192.0.0.0/24",
+    "2002::/16", "2001::/32", "::/96", "64:ff9b:1::/48", "fec0::/10", "3fff::/20")]
+# NAT64's well-known prefix: `64:ff9b::a.b.c.d` is the IPv4 address a.b.c.d reached through a
+# translator (DNS64 answers so for every IPv4-only host), judged as that address.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class AddressRefused(Exception):
@@ -45,6 +56,8 @@ def internal(address: IPAddress) -> bool:
     """Whether the address is one a user's URL must not reach by default."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
+    elif address in _NAT64:
+        address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return (address.is_private or address.is_loopback or address.is_link_local
             or address.is_reserved or address.is_multicast or address.is_unspecified
             or any(address in network for network in _ALWAYS_INTERNAL))
@@ -79,16 +92,86 @@ def check_host(host: str, port: int | None = None) -> list[IPAddress]:
     return addresses
 
 
+class Deadline:
+    """Shuts the connections it watches at a moment, so that a read blocked then returns at once.
+
+    Socket timeouts bound each read, not a download: a server that sends a byte now and then
+    (in the headers or the body, or in a TLS handshake) never trips them. At the deadline a
+    timer shuts each watched socket down; the blocked read sees the connection end, and
+    `passed` says why. Use it as a context manager around the whole transfer.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.passed = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+    def watch(self, sock: socket.socket) -> None:
+        # A descriptor of our own: the connection cannot be closed and its number reused by
+        # another socket of this process before the deadline shuts it.
+        copy = sock.dup()
+        with self._lock:
+            self._sockets.append(copy)
+            if self.passed:
+                _shut(copy)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.passed = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by the other end
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched_pool(pool: type[HTTPConnectionPool], deadline: Deadline) -> type[HTTPConnectionPool]:
+    """`pool`, its connections watched by `deadline` from the moment their socket exists."""
+
+    class Connection(pool.ConnectionCls):  # type: ignore[name-defined, misc]
+        def _new_conn(self) -> socket.socket:  # urllib3's hook for the socket (its SOCKS one too)
+            sock = super()._new_conn()
+            deadline.watch(sock)
+            return sock
+
+    return type(pool.__name__, (pool,), {"ConnectionCls": Connection})
+
+
 class PinnedAdapter(HTTPAdapter):
     """Sends every request to `address`, whatever the URL's host name resolves to by then.
 
     The Host header, TLS SNI and the certificate's name check keep the URL's host name; only the
-    socket goes to the address. Mount it on a session used for one checked host only.
+    socket goes to the address. Mount it on a session used for one checked host only. With a
+    `deadline`, its connections end when the deadline passes.
     """
 
-    def __init__(self, address: IPAddress):
+    def __init__(self, address: IPAddress, deadline: Deadline | None = None):
         self.address = address
+        self.deadline = deadline
         super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        if self.deadline is not None:
+            self.poolmanager.pool_classes_by_scheme = {
+                scheme: _watched_pool(pool, self.deadline)
+                for scheme, pool in self.poolmanager.pool_classes_by_scheme.items()}
 
     def build_connection_pool_key_attributes(
             self, request: PreparedRequest, verify: Any, cert: Any = None,

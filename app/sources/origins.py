@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -228,6 +229,15 @@ class DockerFileDetails(Strict):
         if self.repo and self.targz_url:
             raise ValueError("give either `repo` or `targz_url`, not both")
         return self
+
+    @field_validator("context_dir", "build_file")
+    @classmethod
+    def _inside_the_context(cls, value: str | None) -> str | None:
+        # Refused rather than re-rooted: `../x` is not `x`, whatever it was meant to reach.
+        if value is not None and ".." in value.strip().split("/"):
+            raise ValueError(f"`{value[:100]}` climbs out of the build context with `..`; give a "
+                             "path inside it")
+        return value
 
 
 class DockerFileOrigin(Strict):
