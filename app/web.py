@@ -139,6 +139,7 @@ _BRACKETED = re.compile(r"^(filter|page)\[(.*)\]$", re.DOTALL)
 MAX_FILTER_LENGTH = 256
 # Far beyond any real list, and small enough that the row offset fits Postgres' bigint.
 MAX_PAGE_NUMBER = 1_000_000_000
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 def list_query(filters: set[str] = frozenset(), sorts: set[str] = frozenset(),
@@ -177,11 +178,11 @@ def list_query(filters: set[str] = frozenset(), sorts: set[str] = frozenset(),
 def _set_page(query: ListQuery, key: str, value: str) -> None:
     if key not in ("number", "size"):
         raise errors.InvalidArgument(f"Unknown page parameter `page[{key}]`.", source=f"page[{key}]")
-    try:
-        number = int(value)
-    except ValueError:
-        raise errors.InvalidArgument(f"`page[{key}]` must be a whole number.",
-                                     source=f"page[{key}]") from None
+    if not _WHOLE_NUMBER.fullmatch(value):  # int() would also take `٣`, `1_0` and ` 2 `
+        raise errors.InvalidArgument(f"`page[{key}]` must be a whole number (digits 0-9).",
+                                     source=f"page[{key}]")
+    # A number this long is past every limit below; int() refuses very long ones.
+    number = int(value) if len(value) <= 20 else float(value)
     if number < 1:
         raise errors.InvalidArgument(f"`page[{key}]` must be 1 or more.", source=f"page[{key}]")
     if key == "size":

@@ -7,6 +7,7 @@ fail, never skip, when it is missing.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +32,11 @@ os.environ["IMAGEJOBS_ALLOWED_NETWORKS"] = "127.0.0.1/32"
 os.environ["IMAGEJOBS_FETCH_TIMEOUT"] = "3"
 os.environ["IMAGEJOBS_BUILD_LOG_MAX_CHARS"] = "200000"
 # A download's whole time: past the fetch timeout, so that a silent server still trips that first.
+os.environ["IMAGEJOBS_BUILD_LOG_MAX_CHARS"] = "200000"
+# Each test database its own upload folder: tests look into it, and its sweeper judges files of
+# images it does not know by their age alone.
+os.environ["IMAGEJOBS_UPLOAD_DIR"] = str(Path(__file__).resolve().parent.parent / ".test-logs"
+                                         / f"uploads-{TEST_DATABASE}")
 os.environ["IMAGEJOBS_FETCH_MAX_SECONDS"] = "6"
 os.environ.setdefault("DOCKER_HOST", "unix:///var/run/docker.sock")
 
@@ -50,6 +56,8 @@ BASE_IMAGE = "imagejobs/busybox:latest"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The uploads of the last run's database, which is gone.
+    shutil.rmtree(os.environ["IMAGEJOBS_UPLOAD_DIR"], ignore_errors=True)
     recreate_database(TEST_DATABASE)
     migrations.upgrade()
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()

@@ -6,8 +6,12 @@ Their sources point at a tag that does not exist, so a worker that meets them la
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 
+from app.db import transaction
+from app.hubs.services import create_key
 from tests.conftest import Api
 from tests.helpers import (
     assert_error,
@@ -411,3 +415,94 @@ def test_images_are_found_by_their_sources_identifier(api, other_api):
     create_image(other_api, foreign["id"])
 
     assert listed_ids(api.get("/v1/images?filter[identifier]=web-app")) == [image["id"]]
+
+
+# Inputs that once answered 500
+
+
+LONG_PATH = "/".join(["team"] + ["segment"] * 60)  # about 480 characters
+
+
+TARGZ_URL = f"https://files.example.com/{LONG_PATH}.tgz"
+REPO_URL = f"https://git.example.com/{LONG_PATH}"
+
+
+@pytest.mark.parametrize("origin, named_after", [
+    (registry_origin(f"{LONG_PATH}:v1"), f"{LONG_PATH}:v1"),
+    ({"type": "docker-file", "details": {"targz_url": TARGZ_URL}}, TARGZ_URL),
+    ({"type": "docker-file", "details": {"repo": {"url": REPO_URL}}}, REPO_URL),
+], ids=["target", "targz-url", "repo-url"])
+def test_a_source_named_after_a_long_target_or_url_gets_a_name_cut_to_fit(api, origin,
+                                                                          named_after):
+    response = api.post("/v1/images/sources", json={"type": "direct", "origin": origin})
+
+    assert response.status_code == 201, response.get_json()
+    source = response.get_json()["data"]
+    assert source["name"] == named_after[:255] + "…"
+    assert 0 < len(source["identifier"]) <= 256 and not source["identifier"].endswith("-")
+    assert create_image(api, source["id"])["name"] == source["name"]  # an image takes it too
+
+
+@pytest.mark.parametrize("end", ["9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.9999+00:00",
+                                 "9999-12-31T23:59:59.999999-14:00",
+                                 "9999-12-31T23:59:59.999999+14:00"])
+def test_a_time_range_ending_at_the_end_of_time_lists_every_job(api, source, end):
+    job = import_image(api, create_image(api, source["id"])["id"])["job"]
+
+    assert listed_ids(api.get("/v1/jobs", query_string={"filter[range-end]": end})) == [job["id"]]
+    assert listed_ids(api.get("/v1/jobs", query_string={"filter[range-start]": end})) == []
+    assert listed_ids(api.get("/v1/jobs", query_string={
+        "filter[range-start]": "0001-01-01T00:00:00+14:00", "filter[range-end]": end})) == \
+        [job["id"]]
+
+
+@pytest.mark.parametrize("path, value", [
+    ("/v1/images/{id}/build-log?offset={v}", "²"), ("/v1/images/{id}/build-log?offset={v}", "①"),
+    ("/v1/images/{id}/build-log?offset={v}", "٣"), ("/v1/images?page[number]={v}", "٣"),
+    ("/v1/images?page[size]={v}", "²"), ("/v1/jobs?page[number]={v}", "1_0"),
+    ("/v1/jobs?page[size]={v}", " 5"),
+], ids=["offset-superscript", "offset-circled", "offset-arabic-indic", "page-number-arabic-indic",
+        "page-size-superscript", "page-number-underscore", "page-size-space"])
+def test_a_number_not_written_in_ascii_digits_is_refused(api, source, path, value):
+    image = create_image(api, source["id"])
+    parameter = path.rpartition("?")[2].partition("=")[0]
+
+    response = api.get(path.format(id=image["id"], v=quote(value)))
+
+    assert_error(response, 422, "422.invalid-argument", source=parameter)
+
+
+def key_with(api, *capabilities: str) -> dict[str, str]:
+    with transaction() as session:
+        _, secret = create_key(session, api.tenant.hub_id, "narrow key", capabilities)
+    return {"Authorization": f"Bearer {secret}", "X-Hub-Id": api.tenant.hub_id}
+
+
+@pytest.mark.parametrize("path", ["/v1/images?include=sources",
+                                  "/v1/images?include=creators,sources",
+                                  "/v1/images/{id}?include=sources"])
+def test_including_sources_needs_the_capability_to_view_sources(api, source, path):
+    image = create_image(api, source["id"])
+    path = path.format(id=image["id"])
+
+    refused = api.client.get(path, headers=key_with(api, "images-view"))
+    error = assert_error(refused, 403, "403.permissions")
+    assert error["extra"] == {"capability": "images-sources-view"}
+
+    allowed = api.client.get(path, headers=key_with(api, "images-view", "images-sources-view"))
+    assert allowed.status_code == 200, allowed.get_json()
+    assert source["id"] in allowed.get_json()["includes"]["sources"]
+
+
+def test_a_deleting_or_deleted_image_cannot_be_renamed(api, worker):
+    image = create_image(api, create_source(api, NONE_ORIGIN)["id"], name="before")
+    deleted = api.delete(f"/v1/images/{image['id']}")
+    assert deleted.status_code == 202, deleted.get_json()
+
+    assert_error(api.patch(f"/v1/images/{image['id']}", json={"name": "after"}), 403,
+                 "403.invalid-state")
+    assert api.wait_for_job(deleted.get_json()["data"]["job"]["id"])["state"]["current"] == \
+        "completed"
+    assert_error(api.patch(f"/v1/images/{image['id']}", json={"name": "after"}), 403,
+                 "403.invalid-state")
+    assert get_image(api, image["id"])["name"] == "before"

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
+import os
 import tarfile
+import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import docker.errors
 import pytest
+import requests
 from sqlalchemy import update
 
-from app.db import transaction, utcnow
-from app.models import Image
+from app.config import get_settings
+from app.db import new_id, transaction, utcnow
+from app.images.services import accept_upload
+from app.jobs import services as jobs_services
+from app.models import Image, Job
 from tests.conftest import ROOT
 from tests.helpers import assert_error, create_image, create_source, get_image
 from tests.support import dockerfile_context
+from workers.uploads import sweep_uploads
 
 UPLOAD_ORIGIN = {"type": "cycle-upload"}
 
@@ -53,6 +64,28 @@ def tar_of(**members: bytes) -> bytes:
             info = tarfile.TarInfo(name.replace("__", "/"))
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def manifest_of(saved: dict) -> list:
+    with tarfile.open(fileobj=io.BytesIO(saved["tar"])) as tar:
+        return json.load(tar.extractfile("manifest.json"))
+
+
+def with_manifest(saved: dict, manifest: bytes | None) -> bytes:
+    """The saved image's tar with `manifest.json` replaced (by a folder, for None)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(saved["tar"])) as source, \
+            tarfile.open(fileobj=buffer, mode="w") as target:
+        for member in source:
+            if member.name != "manifest.json":
+                target.addfile(member, source.extractfile(member) if member.isfile() else None)
+        info = tarfile.TarInfo("manifest.json")
+        if manifest is None:
+            info.type = tarfile.DIRTYPE
+        else:
+            info.size = len(manifest)
+        target.addfile(info, io.BytesIO(manifest or b""))
     return buffer.getvalue()
 
 
@@ -116,7 +149,24 @@ def test_the_token_is_shown_once_and_kept_only_hashed(api):
     (lambda saved: saved["tar"][: len(saved["tar"]) // 2], "complete tar"),
     (lambda saved: tar_of(**{"manifest.json": b"[]", "..__evil": b"x"}), "outside"),
     (lambda saved: b"this is not a tar at all" * 100, "complete tar"),
-], ids=["no-manifest", "truncated", "escaping-member", "not-a-tar"])
+    (lambda saved: with_manifest(saved, b"{not json"), "not JSON"),
+    (lambda saved: with_manifest(saved, b"\xff\xfe\x00garbage"), "not JSON"),
+    (lambda saved: with_manifest(saved, b"[" * 100_000), "not JSON"),
+    (lambda saved: with_manifest(saved, b'{"Config": "c.json"}'), "list of images"),
+    (lambda saved: with_manifest(saved, b'[{"Config": "c.json"}]'), "`Layers` list"),
+    (lambda saved: with_manifest(saved, b'[{"Config": "absent.json", "Layers": []}]'),
+     "not a file in the archive"),
+    (lambda saved: with_manifest(saved, b'[{"Config": "../etc/passwd", "Layers": []}]'),
+     "not a file in the archive"),
+    (lambda saved: with_manifest(saved, json.dumps(manifest_of(saved) * 2).encode()),
+     "lists 2 images"),
+    (lambda saved: with_manifest(saved, b" " * (1024 * 1024 + 1)), "at most"),
+    (lambda saved: with_manifest(saved, None), "regular file"),
+], ids=["no-manifest", "truncated", "escaping-member", "not-a-tar", "manifest-not-json",
+        "manifest-not-text", "manifest-nested-too-deep", "manifest-not-a-list",
+        "manifest-without-layers", "manifest-names-a-missing-file",
+        "manifest-names-a-file-outside", "manifest-of-two-images", "manifest-too-large",
+        "manifest-a-folder"])
 def test_a_bad_upload_is_refused_and_the_token_survives(api, saved_image, make, words):
     image, token = new_upload_image(api)
 
@@ -145,10 +195,6 @@ def test_a_multipart_upload_without_the_file_field_is_refused(api):
 
 def test_an_upload_over_the_limit_is_refused_with_413(api, saved_image):
     """An API of its own, started with a small upload limit; the tar is larger."""
-    import os
-
-    import requests
-
     from tests.processes import api_server
 
     env = {**os.environ, "IMAGEJOBS_UPLOAD_MAX_BYTES": "4096"}
@@ -166,3 +212,260 @@ def test_an_upload_over_the_limit_is_refused_with_413(api, saved_image):
             assert get_image(api, image["id"])["state"]["current"] == "new"
         log = (ROOT / ".test-logs" / "uploads-api.log").read_text()
         assert token not in log  # the access log shows paths without their query
+
+
+# --- headers and members are read under bounds ---------------------------------------------------
+
+
+def extended_header(kind: bytes, size: int) -> bytes:
+    """One raw 512-byte tar header announcing an extended header of `size` bytes, and zeros
+    behind it: a tiny body that would have a reader hold `size` bytes."""
+    info = tarfile.TarInfo("././@LongLink" if kind in (b"L", b"K") else "PaxHeader")
+    info.type, info.size = kind, size
+    return info.tobuf(format=tarfile.USTAR_FORMAT if kind in (b"x", b"g") else tarfile.GNU_FORMAT
+                      )[:512] + bytes(64 * 1024)
+
+
+@pytest.mark.parametrize("kind, size", [
+    (tarfile.GNUTYPE_LONGNAME, 1024**3), (tarfile.GNUTYPE_LONGLINK, 1024**3),
+    (tarfile.XHDTYPE, 600 * 1024**2), (tarfile.XGLTYPE, 600 * 1024**2),
+], ids=["gnu-long-name", "gnu-long-link", "pax", "global-pax"])
+def test_an_upload_announcing_a_huge_extended_header_is_refused(api, kind, size):
+    image, token = new_upload_image(api)
+
+    error = assert_error(upload(api, image["id"], token, extended_header(kind, size),
+                                multipart=False), 422, "422.invalid-input", source="/file.tar")
+
+    assert f"extended header of {size} bytes" in error["detail"]
+
+
+def test_the_api_reads_an_uploaded_layer_in_blocks_not_whole(tmp_path, saved_image):
+    """A layer of 64 MiB passes the check while Python holds a small part of it at most."""
+    import tracemalloc
+
+    from app.images.services import check_image_tar
+
+    archive = tmp_path / "big.tar"
+    with open(archive, "wb") as out, tarfile.open(fileobj=out, mode="w") as tar:
+        layer = tarfile.TarInfo("big/layer.tar")
+        layer.size = 64 * 1024**2
+        tar.addfile(layer, _Zeros(layer.size))
+        for name, data in (("config.json", b"{}"), ("manifest.json", json.dumps(
+                [{"Config": "config.json", "Layers": ["big/layer.tar"]}]).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    tracemalloc.start()
+    try:
+        check_image_tar(archive)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 8 * 1024**2, f"{peak} bytes held at once"
+
+
+class _Zeros(io.RawIOBase):
+    """`size` zero bytes, read in whatever blocks the reader asks for."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        self.left -= size
+        return bytes(size)
+
+
+# --- the worker, and the files an upload leaves -------------------------------------------------
+
+
+def upload_folder() -> Path:
+    return Path(get_settings().upload_dir)
+
+
+def files_of(image_id: str) -> list[str]:
+    return sorted(p.name for p in upload_folder().glob(f"{image_id}.*"))
+
+
+def accept_as_an_older_api(api, data: bytes, *, hold: bool = False) -> tuple[dict, str]:
+    """An upload accepted without today's check of the tar (as an older API, or storage that
+    damaged the file, would leave it): the image and its import job's id. `hold`: the job is
+    scheduled a day ahead, so that no worker loads the tar meanwhile."""
+    image, token = new_upload_image(api)
+    received = upload_folder() / f"{image['id']}.tar.1.1.part"
+    received.parent.mkdir(parents=True, exist_ok=True)
+    received.write_bytes(data)
+    with transaction() as session:
+        job = accept_upload(session, image["id"], api.tenant.hub_id, token, received)
+        if hold:
+            job.schedule = utcnow() + timedelta(days=1)
+    if not hold:
+        with transaction() as session:
+            assert jobs_services.publish(session, session.get(Job, job.id))
+    return image, job.id
+
+
+def test_deleting_an_image_removes_the_upload_no_worker_loaded_yet(api, worker, saved_image):
+    image, job_id = accept_as_an_older_api(api, saved_image["tar"], hold=True)
+    assert files_of(image["id"]) == [f"{image['id']}.tar"]
+
+    response = api.delete(f"/v1/images/{image['id']}")
+
+    assert response.status_code == 202, response.get_json()
+    assert api.wait_for_job(response.get_json()["data"]["job"]["id"])["state"]["current"] == \
+        "completed"
+    assert files_of(image["id"]) == []
+    with transaction() as session:  # and its import, let go (the sweeper publishes it), fails
+        session.get(Job, job_id).schedule = utcnow()
+    job = api.wait_for_job(job_id)
+    assert job["state"]["current"] == "error" and "deleted" in job["state"]["error"]["message"]
+
+
+def aged(path: Path, seconds: float) -> Path:
+    """`path` created (empty) as if last written `seconds` ago."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+    return path
+
+
+TOKEN_TTL, JOB_TTL = get_settings().upload_token_seconds, get_settings().job_ttl_seconds
+HOUR = 3600
+
+
+@pytest.mark.parametrize("whose, name, age, kept", [
+    ("waiting", "{id}.tar", 2 * JOB_TTL, True),
+    ("orphan", "{id}.tar", 0, False),
+    ("orphan", "{id}.tar.10.20.part", 0, True),
+    ("orphan", "{id}.tar.10.20.part", TOKEN_TTL + 2 * 60, False),
+    ("unknown", "{id}.tar", JOB_TTL - HOUR, True),
+    ("unknown", "{id}.tar.10.20.part", JOB_TTL - HOUR, True),
+    ("unknown", "{id}.tar", JOB_TTL + 2 * 60, False),
+    ("unknown", "{id}.tar.10.20.part", JOB_TTL + 2 * 60, False),
+    ("unknown", "{id}.notes", 2 * JOB_TTL, True),
+], ids=["queued-import", "no-import", "part-streaming",
+        "part-of-a-dead-api", "other-database-young", "other-database-part-young",
+        "other-database-old", "other-database-part-old", "not-an-upload"])
+def test_the_upload_sweep_removes_only_what_no_import_can_need(api, saved_image, whose, name,
+                                                               age, kept):
+    if whose == "waiting":
+        image_id = accept_as_an_older_api(api, saved_image["tar"], hold=True)[0]["id"]
+    elif whose == "orphan":  # known here, no import: its job ended, or its API died
+        image_id = new_upload_image(api)[0]["id"]
+    else:  # an image of another database sharing the folder
+        image_id = new_id()
+    path = aged(upload_folder() / name.format(id=image_id), age)
+
+    sweep_uploads()
+
+    assert path.exists() == kept
+
+
+def test_the_upload_sweep_leaves_the_tar_of_an_upload_being_accepted(api):
+    image, _ = new_upload_image(api)
+    path = aged(upload_folder() / f"{image['id']}.tar", 0)
+    with transaction() as session:  # as the API holds it between renaming the tar and queueing
+        session.get(Image, image["id"], with_for_update=True)
+        sweep_uploads()
+        assert path.exists()
+    sweep_uploads()
+    assert not path.exists()
+
+
+def test_the_workers_sweeper_removes_forgotten_uploads(api, worker):
+    path = aged(upload_folder() / f"{new_upload_image(api)[0]['id']}.tar", 0)
+    deadline = time.monotonic() + 60
+    while path.exists():
+        assert time.monotonic() < deadline, f"{path.name} is still there"
+        time.sleep(0.2)
+
+
+# --- nothing waits for an upload while it streams ------------------------------------------------
+
+
+class SlowUpload:
+    """A raw-body upload to a real API over its own connection, its body sent when the test says."""
+
+    def __init__(self, base: str, image_id: str, token: str, body: bytes):
+        address = urlsplit(base)
+        self.connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+        self.connection.putrequest("POST", f"/v1/images/{image_id}/upload?token={token}")
+        self.connection.putheader("Content-Type", "application/x-tar")
+        self.connection.putheader("Content-Length", str(len(body)))
+        self.connection.endheaders()
+        self.rest = body
+
+    def send(self, size: int) -> SlowUpload:
+        self.connection.send(self.rest[:size])
+        self.rest = self.rest[size:]
+        return self
+
+    def finish(self) -> tuple[int, dict]:
+        """Send what is left; the answer's status and document."""
+        self.send(len(self.rest))
+        response = self.connection.getresponse()
+        document = json.loads(response.read())
+        self.connection.close()
+        return response.status, document
+
+
+def wait_for_parts(image_id: str, count: int) -> None:
+    """Until `count` uploads of the image stream into the folder at once."""
+    deadline = time.monotonic() + 30
+    while len([n for n in files_of(image_id) if n.endswith(".part")]) < count:
+        assert time.monotonic() < deadline, f"{count} uploads never streamed at once"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def upload_api() -> str:
+    from tests.processes import api_server
+
+    with api_server("uploads-streaming-api") as base:
+        yield base
+
+
+def test_an_image_can_be_renamed_while_its_upload_streams(api, saved_image, upload_api):
+    image, token = new_upload_image(api)
+    upload = SlowUpload(upload_api, image["id"], token, saved_image["tar"]).send(4096)
+    wait_for_parts(image["id"], 1)
+
+    renamed = requests.patch(f"{upload_api}/v1/images/{image['id']}", json={"name": "renamed"},
+                             headers=api.tenant.headers, timeout=60)
+
+    assert renamed.status_code == 200, renamed.text  # answered before the upload ended
+    status, document = upload.finish()
+    assert status == 202, document
+    assert get_image(api, image["id"])["name"] == "renamed"
+
+
+def test_an_image_deleted_while_its_upload_streams_refuses_the_upload(api, saved_image,
+                                                                     upload_api):
+    image, token = new_upload_image(api)
+    upload = SlowUpload(upload_api, image["id"], token, saved_image["tar"]).send(4096)
+    wait_for_parts(image["id"], 1)
+
+    deleted = requests.delete(f"{upload_api}/v1/images/{image['id']}", headers=api.tenant.headers,
+                              timeout=60)
+
+    assert deleted.status_code == 202, deleted.text
+    status, document = upload.finish()
+    assert status == 403 and document["error"]["code"] == "403.invalid-state", document
+    assert files_of(image["id"]) == []
+
+
+def test_two_uploads_with_one_token_at_once_queue_one_import(api, saved_image, upload_api):
+    image, token = new_upload_image(api)
+    uploads = [SlowUpload(upload_api, image["id"], token, saved_image["tar"]).send(4096)
+               for _ in range(2)]
+    wait_for_parts(image["id"], 2)
+
+    answers = [upload.finish() for upload in uploads]
+
+    assert [status for status, _ in answers] == [202, 403], answers
+    assert answers[1][1]["error"]["code"] == "403.expired"
+    assert "used already" in answers[1][1]["error"]["detail"]
+    assert files_of(image["id"]) == [f"{image['id']}.tar"]

@@ -10,6 +10,7 @@ from celery.signals import worker_ready, worker_shutdown
 from app.config import get_settings
 from app.jobs.engine import sweep
 from app.jobs.queueing import make_celery
+from workers.uploads import sweep_uploads
 
 log = logging.getLogger("imagejobs.sweeper")
 
@@ -28,6 +29,7 @@ def _sweep_forever() -> None:
             report = sweep()
             if report.expired or report.requeued or report.abandoned or report.published:
                 log.info("sweep: %s", report)
+            sweep_uploads()
         except Exception:  # the database or broker is away; the next sweep tries again
             log.warning("sweep failed", exc_info=True)
 

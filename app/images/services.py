@@ -5,21 +5,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import tarfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
-from zlib import error as zlib_error
+from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from app import errors
-from app.archives import ArchiveRefused, checked_name
+from app.archives import ArchiveRefused
 from app.config import get_settings
 from app.db import is_id, like_pattern, utcnow
 from app.filters import by_state
+from app.images.imagetar import BrokenTar, read_image_tar
 from app.images.models import TRANSITIONAL, BuildLog, Image, ImageState
 from app.images.schemas import ImageCreate
 from app.jobs import queueing
@@ -82,6 +81,8 @@ def get_image(session: Session, hub_id: str, image_id: str, *, lock: bool = Fals
 
 def rename_image(session: Session, hub_id: str, image_id: str, name: str | None) -> Image:
     image = get_image(session, hub_id, image_id, lock=True)
+    if image.state in (ImageState.DELETING, ImageState.DELETED):
+        raise errors.InvalidState(f"The image is {image.state}; it can no longer change.")
     if name is not None:
         image.name = name
     session.flush()
@@ -123,15 +124,18 @@ def _refuse_if_deleting(image: Image, what: str) -> None:
 
 
 def upload_path(image_id: str) -> Path:
+    """Where an image's accepted upload waits for its import (`.part` files beside it stream)."""
     return Path(get_settings().upload_dir) / f"{image_id}.tar"
 
 
-def check_upload_token(session: Session, image_id: str, hub_id: str | None, token: str) -> Image:
-    """The cycle-upload image this token opens, locked; refused when wrong, used or expired."""
+def check_upload_token(session: Session, image_id: str, hub_id: str | None, token: str, *,
+                       lock: bool = False) -> Image:
+    """The cycle-upload image this token opens; refused when wrong, used, expired, or when the
+    image takes no upload now. `lock` holds the image row until the transaction ends."""
     query = select(Image).where(Image.id == image_id)
     if hub_id is not None:
         query = query.where(Image.hub_id == hub_id)
-    image = session.scalar(query.with_for_update()) if is_id(image_id) else None
+    image = session.scalar(query.with_for_update() if lock else query) if is_id(image_id) else None
     if image is None or image.upload_token_hash is None or not hmac.compare_digest(
             image.upload_token_hash, _token_hash(token)):
         # One answer for every miss: a token must not tell which images exist.
@@ -146,10 +150,14 @@ def check_upload_token(session: Session, image_id: str, hub_id: str | None, toke
     return image
 
 
-def accept_upload(session: Session, image: Image, archive: Path) -> Job:
-    """Check a received image tar, then spend the token and queue the import of the upload."""
-    with open(archive, "rb") as stream:
-        check_image_tar(stream)
+def accept_upload(session: Session, image_id: str, hub_id: str | None, token: str,
+                  archive: Path) -> Job:
+    """Spend the token and queue the import of a received and checked tar.
+
+    The token is checked again under the image's lock: it may have been spent, or the image
+    deleted, while the tar streamed in without holding anything.
+    """
+    image = check_upload_token(session, image_id, hub_id, token, lock=True)
     image.upload_received = utcnow()
     final = upload_path(image.id)
     archive.replace(final)
@@ -157,24 +165,19 @@ def accept_upload(session: Session, image: Image, archive: Path) -> Job:
                        queueing.PULL_QUEUE, {"image_id": image.id, "upload": final.name})
 
 
-def check_image_tar(stream: IO[bytes]) -> None:
-    """An image tar as `docker save` writes it: whole, a manifest, no member that escapes."""
-    names = set()
+def check_image_tar(archive: Path) -> None:
+    """An image tar as `docker save` writes it, read as the worker will read it (imagetar)."""
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                names.add(checked_name(member))
-                if member.isfile():
-                    tar.extractfile(member).read()  # reads to the end: a cut upload fails here
+        with open(archive, "rb") as stream:
+            read_image_tar(stream)
+    except FileNotFoundError:
+        # Removed by the upload cleanup: nothing was written to it for as long as a token lives.
+        raise errors.Expired("The upload token expired while the tar was on its way.") from None
+    except BrokenTar as exc:
+        raise errors.InvalidInput(exc.message, source="/file.tar") from None
     except ArchiveRefused as exc:
         raise errors.InvalidInput(f"The upload is refused: {exc.message}", source="/file.tar"
                                   ) from None
-    except (tarfile.TarError, EOFError, OSError, zlib_error) as exc:
-        raise errors.InvalidInput(f"The upload is not a complete tar archive ({exc}).",
-                                  source="/file.tar") from None
-    if "manifest.json" not in names:
-        raise errors.InvalidInput("The upload is not a Docker image tar (it has no "
-                                  "manifest.json); make it with `docker save`.", source="/file.tar")
 
 
 def delete_image(session: Session, hub_id: str, creator: dict[str, str], image_id: str) -> Job:

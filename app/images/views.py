@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from app import errors
 from app.db import rfc3339
-from app.hubs.auth import current, requires
+from app.hubs.auth import authenticate, current, requires
 from app.hubs.documents import creators_include
 from app.hubs.models import Capability
 from app.images import services
@@ -82,11 +82,18 @@ def _documents(images: list[Image], include: set[str]) -> dict[str, Any]:
 INCLUDES = {"creators", "sources"}
 
 
+def _check_includes(include: set[str]) -> None:
+    """Included sources are whole source documents: they need the key to view sources too."""
+    if "sources" in include:
+        authenticate(Capability.IMAGES_SOURCES_VIEW)
+
+
 @blueprint.get("")
 @requires(Capability.IMAGES_VIEW)
 def list_images():
     q = list_query(filters={"state", "source_id", "search", "source_type", "identifier"},
                    sorts=set(services.IMAGE_SORTS), includes=INCLUDES)
+    _check_includes(q.include)
     query = services.images_query(current().hub_id, q.filters, q.states())
     images = fetch_page(query, q, services.IMAGE_SORTS, Image.id.desc())
     return _documents(images, q.include)
@@ -107,6 +114,7 @@ def create_image():
 @requires(Capability.IMAGES_VIEW)
 def get_image(image_id: str):
     q = list_query(includes=INCLUDES)
+    _check_includes(q.include)
     image = services.get_image(db_session(), current().hub_id, image_id)
     result = _documents([image], q.include)
     result["data"] = result["data"][0]
@@ -154,17 +162,22 @@ def create_images_task():
 def upload_image(image_id: str):
     """Take a cycle-upload image's tar (multipart `file.tar`, or the raw body), streamed to disk.
 
-    The single-use token of the image authenticates the call, as in Cycle's factory.
+    The single-use token of the image authenticates the call, as in Cycle's factory. Nothing is
+    locked while the tar streams in and is checked: the token is spent, under the image's lock,
+    only once the tar is whole and sound.
     """
     session = db_session()
     hub_id = request.headers.get("X-Hub-Id") or request.args.get("hub-id")
-    image = services.check_upload_token(session, image_id, hub_id, request.args.get("token", ""))
-    received = receive_upload(services.upload_path(image.id))
+    token = request.args.get("token", "")
+    image_id = services.check_upload_token(session, image_id, hub_id, token).id
+    session.rollback()  # no transaction (nor connection) stays open while the body streams
+    received = receive_upload(services.upload_path(image_id))
     try:
-        job = services.accept_upload(session, image, received)
+        services.check_image_tar(received)
+        return accepted(session, services.accept_upload(session, image_id, hub_id, token,
+                                                        received))
     finally:
         received.unlink(missing_ok=True)
-    return accepted(session, job)
 
 
 @blueprint.get("/<image_id:image_id>/build-log")
@@ -193,7 +206,7 @@ def get_build_log(image_id: str):
 
 def _offset() -> int:
     raw = request.args.get("offset", "0")
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # isdigit() alone takes `²`
         raise errors.InvalidArgument("`offset` must be a whole number of characters, 0 or more.",
                                      source="offset")
     return int(raw)

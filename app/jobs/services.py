@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -107,8 +108,9 @@ def jobs_query(hub_id: str, filters: dict[str, str], states: list[str]) -> Selec
         query = query.where(Job.queued_at >= _time_filter(filters, "range-start"))
     if "range-end" in filters:
         # Times are shown to the millisecond: an end copied from a job must include that job.
-        end = _time_filter(filters, "range-end") + timedelta(milliseconds=1)
-        query = query.where(Job.queued_at < end)
+        end = _time_filter(filters, "range-end")
+        with contextlib.suppress(OverflowError):  # an end in year 9999's last millisecond: no bound
+            query = query.where(Job.queued_at < end + timedelta(milliseconds=1))
     search = filters.get("search")
     if search:
         query = query.where(Job.caption.ilike(like_pattern(search)) | (Job.id == search)

@@ -21,13 +21,17 @@ from app.sources.schemas import SourceCreate, SourceUpdate
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:256] or "source"
+    longest = ImageSource.identifier.type.length
+    return re.sub(r"[^a-z0-9]+", "-", text.lower())[:longest].strip("-") or "source"
 
 
 def _default_name(origin: dict[str, Any]) -> str:
+    """The origin's target or URL, cut to fit a name (with `…` to show where) when longer."""
     details = origin.get("details") or {}
-    return details.get("target") or details.get("targz_url") or \
+    name = details.get("target") or details.get("targz_url") or \
         (details.get("repo") or {}).get("url") or f"{origin['type']} source"
+    longest = ImageSource.name.type.length
+    return name if len(name) <= longest else name[:longest - 1] + "…"
 
 
 def create_source(session: Session, hub_id: str, creator: dict[str, str],

@@ -11,6 +11,7 @@ from celery import shared_task
 
 from app.config import get_settings
 from app.images.models import Image, ImageState
+from app.images.services import upload_path
 from app.jobs import engine as jobs
 from workers.engine import Engine
 from workers.runner import JobFailed, JobRun, run
@@ -56,3 +57,6 @@ def _finish(job_run: JobRun, image_id: str, result: str, dry_run: bool) -> None:
         if not dry_run:
             session.get(Image, image_id, with_for_update=True).move_to(ImageState.DELETED)
         jobs.complete(session, job, {"result": result})
+    if not dry_run:
+        # An upload no worker loaded yet: its import will find the image deleted.
+        upload_path(image_id).unlink(missing_ok=True)

@@ -7,10 +7,7 @@ with a job step for each phase. Pulls and builds are idempotent: run twice, they
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,8 +17,10 @@ from celery import shared_task
 from sqlalchemy import select
 
 from app import vault
+from app.archives import ArchiveRefused
 from app.config import get_settings
 from app.db import utcnow
+from app.images.imagetar import read_image_tar
 from app.images.models import BuildLog, Image, ImageState
 from app.jobs import engine as jobs
 from app.sources.origins import merge_secrets, registry_host
@@ -145,26 +144,19 @@ def _drop_pulled_name(engine: Engine, pulled: Pulled) -> None:
 def _load_upload(engine: Engine, archive: Path) -> str:
     """Load an uploaded `docker save` tar without the tags it names.
 
-    Its manifest's tags would otherwise land on this engine and could move a tag another image
-    holds; the image is known here only by its id and the tag the import gives it.
+    It is read as the API read it (imagetar): its manifest's tags would otherwise land on this
+    engine and could move a tag another image holds; the image is known here only by its id and
+    the tag the import gives it. A tar that fails the reading fails for good.
     """
     if not archive.exists():
         raise JobFailed("The uploaded tar is not on this worker's disk: IMAGEJOBS_UPLOAD_DIR "
                         "must be storage the API and the workers share. Upload it again.")
     with tempfile.TemporaryFile(prefix="imagejobs-upload-") as untagged:
-        with tarfile.open(archive, mode="r|") as source, \
-                tarfile.open(fileobj=untagged, mode="w|") as target:
-            for member in source:
-                data = source.extractfile(member) if member.isfile() else None
-                if member.name in ("manifest.json", "./manifest.json"):
-                    manifest = json.load(data)
-                    for entry in manifest:
-                        entry["RepoTags"] = None
-                    encoded = json.dumps(manifest).encode()
-                    member.size, data = len(encoded), io.BytesIO(encoded)
-                elif member.name in ("repositories", "./repositories"):
-                    continue
-                target.addfile(member, data)
+        try:
+            with open(archive, "rb") as source:
+                read_image_tar(source, untagged)
+        except ArchiveRefused as exc:
+            raise JobFailed(f"The uploaded tar cannot be loaded: {exc.message}") from None
         untagged.seek(0)
         return engine.load(untagged)
 
@@ -172,7 +164,7 @@ def _load_upload(engine: Engine, archive: Path) -> str:
 def _forget_upload(upload: str | None) -> None:
     """An upload is loaded once: after the job's end it is of no more use."""
     if upload:
-        (Path(get_settings().upload_dir) / upload).unlink(missing_ok=True)
+        (Path(get_settings().upload_dir) / Path(upload).name).unlink(missing_ok=True)
 
 
 def names_registry(reference: str) -> bool:
