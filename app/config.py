@@ -116,6 +116,10 @@ class Settings:
     # Engine calls (a pull of a large image) may take this long before the job errors.
     engine_timeout_seconds: int = field(
         default_factory=lambda: _int("IMAGEJOBS_ENGINE_TIMEOUT", 1800))
+    # A build is stopped after this long, however steadily it prints: one hub's build cannot
+    # hold a worker slot for ever.
+    build_timeout_seconds: int = field(
+        default_factory=lambda: _int("IMAGEJOBS_BUILD_TIMEOUT", 3600))
 
 
 @cache

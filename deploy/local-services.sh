@@ -467,6 +467,9 @@ main() {
 
     # library/busybox on the mirror lets engines resolve a plain `busybox:latest`.
     push_once "$ENGINE_A_SOCK" "127.0.0.1:$REGISTRY_A_PORT" library/busybox
+    # Builds pull every FROM image (a build may use only what its hub could pull itself), so
+    # the base image the tests build on is on the mirror too, under its own name.
+    push_once "$ENGINE_A_SOCK" "127.0.0.1:$REGISTRY_A_PORT" imagejobs/busybox
     push_once "$ENGINE_A_SOCK" "127.0.0.1:$REGISTRY_B_PORT" private/busybox \
         "$REGISTRY_B_USER" "$REGISTRY_B_PASS"
     SUMMARY+=("base image $BASE_IMAGE ok")

@@ -30,14 +30,13 @@ os.environ["IMAGEJOBS_PUBLISH_GRACE_SECONDS"] = "2"
 os.environ["IMAGEJOBS_ALLOWED_NETWORKS"] = "127.0.0.1/32"
 # Small enough that the tests reach them quickly: a server that never answers, a long build log.
 os.environ["IMAGEJOBS_FETCH_TIMEOUT"] = "3"
-os.environ["IMAGEJOBS_BUILD_LOG_MAX_CHARS"] = "200000"
 # A download's whole time: past the fetch timeout, so that a silent server still trips that first.
+os.environ["IMAGEJOBS_FETCH_MAX_SECONDS"] = "6"
 os.environ["IMAGEJOBS_BUILD_LOG_MAX_CHARS"] = "200000"
 # Each test database its own upload folder: tests look into it, and its sweeper judges files of
 # images it does not know by their age alone.
 os.environ["IMAGEJOBS_UPLOAD_DIR"] = str(Path(__file__).resolve().parent.parent / ".test-logs"
                                          / f"uploads-{TEST_DATABASE}")
-os.environ["IMAGEJOBS_FETCH_MAX_SECONDS"] = "6"
 os.environ.setdefault("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 import pytest  # noqa: E402
@@ -56,9 +55,9 @@ BASE_IMAGE = "imagejobs/busybox:latest"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    recreate_database(TEST_DATABASE)
     # The uploads of the last run's database, which is gone.
     shutil.rmtree(os.environ["IMAGEJOBS_UPLOAD_DIR"], ignore_errors=True)
-    recreate_database(TEST_DATABASE)
     migrations.upgrade()
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
 

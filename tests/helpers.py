@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from app.images.models import engine_tag
 from tests.conftest import AUTH_REGISTRY, REGISTRY
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -101,7 +102,8 @@ def assert_held_by_engine(image: dict, docker_client) -> None:
     """This node's engine holds the image under `imagejobs/<id>:latest`; size and ids are its own."""
     held = docker_client.images.get(image["backend"]["file_name"])
     assert image["backend"] == {"provider": "docker", "size": held.attrs["Size"],
-                                "file_name": f"imagejobs/{image['id']}:latest", "file_id": held.id}
+                                "file_name": ":".join(engine_tag(image["id"])),
+                                "file_id": held.id}
     assert image["size"] == held.attrs["Size"]
     assert image["factory"]["node_id"] == "test-node"
 

@@ -28,6 +28,7 @@ from app import create_app
 from app.db import new_id, transaction
 from app.hubs.models import Capability
 from app.hubs.services import create_key
+from app.images.models import engine_tag
 from app.models import BuildLog, Image, ImageSource, Job
 from tests.conftest import BASE_IMAGE, Api, Tenant, make_tenant
 from tests.helpers import (
@@ -299,7 +300,7 @@ class Hub:
             "build_source_id": self.build_source["id"],
             "upload_source_id": self.upload_source["id"],
             "image_id": self.image["id"], "image_name": self.image["name"],
-            "image_file_name": f"imagejobs/{self.image['id']}",
+            "image_file_name": engine_tag(self.image["id"])[0],
             "built_image_id": self.built_image["id"], "upload_image_id": self.upload_image["id"],
             "job_id": self.jobs[0], "build_job_id": self.jobs[1],
         }

@@ -307,6 +307,21 @@ def accept_as_an_older_api(api, data: bytes, *, hold: bool = False) -> tuple[dic
     return image, job.id
 
 
+def test_a_tar_the_worker_cannot_read_fails_its_import_at_once_and_is_removed(api, worker,
+                                                                               saved_image):
+    image, job_id = accept_as_an_older_api(api, with_manifest(saved_image, b"{not json"))
+
+    job = api.wait_for_job(job_id)
+
+    assert job["state"]["current"] == "error", job
+    message = job["state"]["error"]["message"]
+    assert "not JSON" in message and "temporary" not in message, message
+    with transaction() as session:
+        assert session.get(Job, job_id).attempt == 1  # a fault of the archive is not retried
+    assert get_image(api, image["id"])["state"]["error"]["message"] == message
+    assert files_of(image["id"]) == []
+
+
 def test_deleting_an_image_removes_the_upload_no_worker_loaded_yet(api, worker, saved_image):
     image, job_id = accept_as_an_older_api(api, saved_image["tar"], hold=True)
     assert files_of(image["id"]) == [f"{image['id']}.tar"]

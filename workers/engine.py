@@ -6,6 +6,8 @@ saying whether trying again later may help.
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -13,6 +15,7 @@ from typing import IO, Any
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 from docker.utils import parse_repository_tag
 
 from app.config import get_settings
@@ -132,31 +135,50 @@ class Engine:
             raise _unavailable(self.base_url, exc) from None
 
     def build(self, context: IO[bytes], *, dockerfile: str, buildargs: dict[str, str],
-              tag: str, on_output: Callable[[str], None]) -> str:
+              tag: str, cache_from: str, on_output: Callable[[str], None]) -> str:
         """Build a packed context; every line the engine prints goes to `on_output`.
 
-        Returns the image id; a failing step raises `BuildFailed` with the engine's words.
+        Every `FROM` (and `COPY --from`) image is pulled, with this client's logins only, so a
+        build can use no image its hub could not pull itself, however the engine came to hold
+        it. Cached steps come only from `cache_from`'s own history (the image's previous build):
+        another hub's layers are not reused. The build is stopped after IMAGEJOBS_BUILD_TIMEOUT.
+        Returns the id of the image, tagged `tag`; a failing step raises `BuildFailed` with the
+        engine's words.
         """
+        seconds = get_settings().build_timeout_seconds
         image_id = None
         try:
-            for event in self.client.api.build(
-                    fileobj=context, custom_context=True, dockerfile=dockerfile,
-                    buildargs=buildargs, tag=tag, rm=True, forcerm=True, decode=True,
-                    pull=False):
-                if "stream" in event:
-                    on_output(event["stream"])
-                elif "status" in event and "progressDetail" not in event:
-                    on_output(f"{event['status']} {event.get('id', '')}".rstrip() + "\n")
-                elif "error" in event:
-                    on_output(f"ERROR: {event['error']}\n")
-                    raise build_failed(event["error"].strip())
-                elif "ID" in (event.get("aux") or {}):
-                    image_id = event["aux"]["ID"]
-            return image_id or self.client.api.inspect_image(tag)["Id"]
+            with _Deadline(self.client.api, seconds) as deadline:
+                try:
+                    for event in self.client.api.build(
+                            fileobj=context, custom_context=True, dockerfile=dockerfile,
+                            buildargs=buildargs, tag=tag, rm=True, forcerm=True, decode=True,
+                            pull=True, cache_from=[cache_from]):
+                        if "stream" in event:
+                            on_output(event["stream"])
+                        elif "status" in event and "progressDetail" not in event:
+                            on_output(f"{event['status']} {event.get('id', '')}".rstrip() + "\n")
+                        elif "error" in event:
+                            on_output(f"ERROR: {event['error']}\n")
+                            raise build_failed(event["error"].strip())
+                        elif "ID" in (event.get("aux") or {}):
+                            image_id = event["aux"]["ID"]
+                except Exception:
+                    if not deadline.expired:
+                        raise
+                if deadline.expired:
+                    message = (f"The build took longer than {seconds} seconds "
+                               "(IMAGEJOBS_BUILD_TIMEOUT) and was stopped.")
+                    on_output(f"ERROR: {message}\n")
+                    raise BuildFailed(message)
+            if image_id is None:
+                raise BuildFailed("The engine ended the build without naming the image it made.",
+                                  transient=True)
+            return image_id
         except docker.errors.APIError as exc:
             raise build_failed((exc.explanation or str(exc)).strip()) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                docker.errors.DockerException) as exc:
+                urllib3.exceptions.HTTPError, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
 
     def inspect(self, image_id: str) -> dict[str, Any]:
@@ -246,6 +268,45 @@ class Engine:
                               f"{exc.explanation or exc}") from None
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
+
+
+class _Deadline:
+    """Cuts the connection of the engine calls made inside it once `seconds` have passed.
+
+    The engine cancels a build whose client went away (it kills the running step's container),
+    and the read blocked on the build's output returns at once: a per-read timeout could not
+    bound a step that prints a line now and then. The socket is found where the docker SDK
+    itself finds it for attached streams.
+    """
+
+    def __init__(self, api: docker.APIClient, seconds: float):
+        self.api = api
+        self.expired = False
+        self._responses: list[requests.Response] = []
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self.api.hooks["response"].append(self._keep)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self.api.hooks["response"].remove(self._keep)
+
+    def _keep(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        self._responses.append(response)
+        return response
+
+    def _cut(self) -> None:
+        self.expired = True
+        for response in self._responses:
+            try:
+                raw = response.raw._fp.fp.raw
+                getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)
+            except (AttributeError, OSError):
+                pass  # that call had already ended
 
 
 class BuildFailed(EngineError):

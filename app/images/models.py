@@ -41,6 +41,17 @@ IMAGE_STATES = StateMachine("image", {
 IMPORTING = frozenset({S.UPLOADING, S.DOWNLOADING, S.BUILDING, S.VERIFYING, S.SAVING})
 TRANSITIONAL = IMPORTING | {S.DELETING}
 
+# The engine knows an image only by a name in this namespace. `.invalid` never resolves
+# (RFC 6761), so no pull, an import's or a build's `FROM`, can write a name in it, and no build
+# can read one: only the worker's own tag, given after the image was checked, puts a name here.
+ENGINE_NAMESPACE = "imagejobs.invalid"
+
+
+def engine_tag(image_id: str) -> tuple[str, str]:
+    """The repository and tag under which the engine of its node holds an image."""
+    return f"{ENGINE_NAMESPACE}/{image_id}", "latest"
+
+
 EMPTY_CONFIG: dict[str, Any] = {
     "user": "", "ports": [], "env": {}, "labels": {}, "command": [], "entrypoint": [],
     "volumes": [], "workdir": "", "signal_stop": "",

@@ -25,7 +25,7 @@ from app.jobs import queueing
 from app.jobs.models import Job
 from app.jobs.services import NewTask, create_job
 from app.sources.models import ImageSource, SourceState
-from app.sources.origins import PULL_TYPES
+from app.sources.origins import PULL_TYPES, registry_of
 from app.sources.services import get_source
 
 
@@ -40,6 +40,13 @@ def create_image(session: Session, hub_id: str, creator: dict[str, str], body: I
     if "target" in override and source.origin_type not in PULL_TYPES:
         raise errors.InvalidInput("`override.target` is for sources that pull from a registry.",
                                   source="/override/target")
+    if "target" in override and source.origin_type == "docker-hub":
+        wanted, given = registry_of(override["target"]), registry_of(source.origin["details"]["target"])
+        if wanted != given:
+            # The source's credentials, if any, go with the pull: to the source's registry alone.
+            raise errors.InvalidInput(f"`override.target` names the registry {wanted}, but the "
+                                      f"image source pulls from {given}; an override changes "
+                                      "the image, not the registry.", source="/override/target")
     if "targz_url" in override and source.origin_type != "docker-file":
         raise errors.InvalidInput("`override.targz_url` is for `docker-file` sources.",
                                   source="/override/targz_url")

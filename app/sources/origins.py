@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from app.db import ZERO_TIME
+from app.images.models import ENGINE_NAMESPACE
 
 SECRET_FIELDS = frozenset({"token", "password", "passphrase", "private_key", "api_key", "secret",
                            "config"})
@@ -39,7 +40,28 @@ def _check_target(value: str) -> str:
     if not match or len(value) > 512:
         raise ValueError(f"`{value[:100]}` is not an image reference such as `busybox:1.36` or "
                          "`team/app:v2`")
+    _not_our_namespace(registry_of(value))
     return value
+
+
+DOCKER_HUB = "docker.io"
+# The names under which the engine reaches Docker Hub; its credentials may go to these alone.
+DOCKER_HUB_NAMES = frozenset({DOCKER_HUB, "index.docker.io", "registry-1.docker.io"})
+
+
+def registry_of(reference: str) -> str:
+    """The registry a reference pulls from, as the engine reads it: its first component when
+    that names a host, else Docker Hub."""
+    first, slash, _ = reference.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first.lower()
+    return DOCKER_HUB
+
+
+def _not_our_namespace(host: str) -> None:
+    if host.split(":", 1)[0].rstrip(".").lower() == ENGINE_NAMESPACE:
+        raise ValueError(f"`{ENGINE_NAMESPACE}` is where this service keeps images in its engines; "
+                         "no source can name it")
 
 
 def _check_registry_url(value: str) -> str:
@@ -53,6 +75,7 @@ def _check_registry_url(value: str) -> str:
             or parts.username or parts.password):
         raise ValueError(f"`{value[:100]}` is not a registry address such as "
                          "`registry.example.com` or `https://registry.example.com:5000`")
+    _not_our_namespace(parts.hostname)
     return value
 
 
@@ -100,6 +123,18 @@ class DockerHubDetails(Strict):
     target: ImageTarget
     username: Text | None = None
     token: Secret | None = None
+
+    @model_validator(mode="after")
+    def _credentials_for_docker_hub(self) -> DockerHubDetails:
+        if (self.username or self.token) and registry_of(self.target) not in DOCKER_HUB_NAMES:
+            raise ValueError(docker_hub_only(self.target))
+        return self
+
+
+def docker_hub_only(target: str) -> str:
+    return (f"the credentials of a docker-hub source go to Docker Hub alone, and "
+            f"`{target[:100]}` names the registry {registry_of(target)}: use a docker-registry "
+            "source for it")
 
 
 class DockerHubOrigin(Strict):
@@ -334,6 +369,15 @@ def keep_unchanged_secrets(new: dict[str, str], blanked: dict[str, Any],
         if where not in new and _blank_at(blanked, where):
             kept[where] = old[where]
     return kept
+
+
+def destinations(origin: dict[str, Any]) -> dict[str, Any]:
+    """Where an origin's secrets are sent: every `url` by JSON pointer, and the registry a
+    docker-hub target names (its credentials go there)."""
+    found = urls(origin)
+    if origin.get("type") == "docker-hub":
+        found["/details/target"] = registry_of((origin.get("details") or {}).get("target", ""))
+    return found
 
 
 def urls(document: Any, path: str = "") -> dict[str, Any]:

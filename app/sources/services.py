@@ -16,7 +16,12 @@ from app.jobs import queueing
 from app.jobs.models import Job
 from app.jobs.services import NewTask, create_job
 from app.sources.models import ImageSource, SourceState
-from app.sources.origins import keep_unchanged_secrets, origin_document, split_secrets, urls
+from app.sources.origins import (
+    destinations,
+    keep_unchanged_secrets,
+    origin_document,
+    split_secrets,
+)
 from app.sources.schemas import SourceCreate, SourceUpdate
 
 
@@ -55,12 +60,13 @@ def _seal_origin(origin_model: Any, previous: ImageSource | None) -> tuple[dict,
     public, secrets = split_secrets(origin_document(origin_model))
     if previous is not None and previous.origin_type == public["type"]:
         kept = keep_unchanged_secrets(secrets, public, vault.unseal(previous.origin_secrets))
-        if kept != secrets and urls(public) != urls(previous.origin):
+        if kept != secrets and destinations(public) != destinations(previous.origin):
             # A blank secret keeps its stored value only for the same destination: otherwise
             # anyone who may edit the source could send the secret to a server of their own.
             where = "/origin" + sorted(set(kept) - set(secrets))[0]
-            raise errors.InvalidInput(f"`{where}` is blank but the origin's `url` changed; send "
-                                      "the secret again for the new address.", source=where)
+            raise errors.InvalidInput(f"`{where}` is blank but the origin's `url` or registry "
+                                      "changed; send the secret again for the new address.",
+                                      source=where)
         secrets = kept
     return public, vault.seal(secrets)
 

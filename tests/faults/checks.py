@@ -14,7 +14,7 @@ import docker.errors
 from sqlalchemy import func, select
 
 from app.db import transaction
-from app.images.models import TRANSITIONAL, BuildLog, Image, ImageState
+from app.images.models import TRANSITIONAL, BuildLog, Image, ImageState, engine_tag
 from app.jobs.models import ACTIVE, Job, JobState
 from tests.faults.load import HarnessImage
 
@@ -124,7 +124,7 @@ def _compare_engine(report: Report, rows: list[Image]) -> None:
     client = docker.from_env()
     try:
         for image in rows:
-            tag = f"imagejobs/{image.id}:latest"
+            tag = ":".join(engine_tag(image.id))
             held = _engine_id(client, tag)
             if image.state == ImageState.LIVE and held != image.backend_file_id:
                 report.twice.append(f"image {image.id}: live with backend {image.backend_file_id}"

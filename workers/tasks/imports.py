@@ -8,9 +8,12 @@ with a job step for each phase. Pulls and builds are idempotent: run twice, they
 from __future__ import annotations
 
 import logging
+import re
+import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from celery import shared_task
@@ -21,9 +24,16 @@ from app.archives import ArchiveRefused
 from app.config import get_settings
 from app.db import utcnow
 from app.images.imagetar import read_image_tar
-from app.images.models import BuildLog, Image, ImageState
+from app.images.models import BuildLog, Image, ImageState, engine_tag
 from app.jobs import engine as jobs
-from app.sources.origins import merge_secrets, registry_host
+from app.sources.origins import (
+    DOCKER_HUB,
+    DOCKER_HUB_NAMES,
+    docker_hub_only,
+    merge_secrets,
+    registry_host,
+    registry_of,
+)
 from workers.buildlog import BuildLogWriter
 from workers.context import (
     ContextError,
@@ -36,11 +46,12 @@ from workers.context import (
     pack_directory,
     redact,
 )
-from workers.engine import BuildFailed, Engine, EngineError, Pulled, RegistryAuth
+from workers.dockerfile import refuse_remote_sources
+from workers.engine import BuildFailed, Engine, EngineError, RegistryAuth
 from workers.netguard import AddressRefused, check_host
 from workers.runner import JobFailed, JobRun, run
 
-DOCKER_HUB = "https://index.docker.io/v1/"
+DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 
 log = logging.getLogger("imagejobs.worker")
 
@@ -50,95 +61,132 @@ def import_image(job_id: str) -> None:
     run(job_id, _import)
 
 
+@dataclass
+class _Plan:
+    """What the first write of an import found out: the work the rest of the attempt does."""
+
+    image_id: str
+    origin: dict[str, Any]
+    override: dict[str, Any]
+    build: dict[str, Any]
+    upload: str | None = None
+    reference: str = ""
+    auth: RegistryAuth | None = None
+    log_size: int = 0
+
+
 def _import(job_run: JobRun) -> None:
+    plan = _start(job_run)
+    try:
+        file_id, attrs, config = _bring_in(job_run, plan)
+    except JobFailed as exc:  # an EngineError too
+        # A temporary fault is tried again on the same upload, unless this was the last try.
+        if not exc.transient or job_run.claim.attempt >= get_settings().max_attempts:
+            _forget_upload(plan.upload)
+        raise
+
     with job_run.write() as (session, job):
+        image = session.get(Image, plan.image_id, with_for_update=True)
+        # Config, size and backend change together, so a failed re-import keeps the old ones.
+        image.config = config
+        image.size = int(attrs.get("Size") or 0)
+        image.backend_provider = "docker"
+        image.backend_file_name = ":".join(engine_tag(plan.image_id))
+        image.backend_file_id = file_id
+        image.factory_node_id = get_settings().node_id
+        image.factory_cached = utcnow()
+        image.move_to(ImageState.LIVE)
+        jobs.complete(session, job, {"image_id": plan.image_id, "file_id": file_id,
+                                     "node_id": image.factory_node_id})
+    _forget_upload(plan.upload)
+
+
+def _start(job_run: JobRun) -> _Plan:
+    """Move the image into the phase its origin calls for, and plan the rest."""
+    with job_run.write() as (session, job):
+        upload = job.input.get("upload")
         image = session.get(Image, job.input["image_id"], with_for_update=True)
         if image is None or image.state in (ImageState.DELETING, ImageState.DELETED):
+            _forget_upload(upload)
             raise JobFailed("The image was deleted before its import started.")
-        origin = merge_secrets(image.origin, vault.unseal(image.origin_secrets))
-        override, build = image.override or {}, image.build or {}
+        plan = _Plan(image.id, merge_secrets(image.origin, vault.unseal(image.origin_secrets)),
+                     image.override or {}, image.build or {}, upload)
         image.state_error = None
         image.factory_acknowledged = utcnow()
-        image_id = image.id
-        upload = job.input.get("upload")
-        if origin["type"] == "docker-file":
+        kind = plan.origin["type"]
+        if kind == "docker-file":
             image.move_to(ImageState.BUILDING)
-            log_size = _open_build_log(session, image, job_run.claim.attempt)
+            plan.log_size = _open_build_log(session, image, job_run.claim.attempt)
             job_run.step(job, "Fetch context", "Fetching the build context")
-        elif origin["type"] == "cycle-upload":
+        elif kind == "cycle-upload":
             if not upload:
                 raise JobFailed("Images of cycle-upload sources are imported by uploading "
                                 "their tar.")
             image.move_to(ImageState.UPLOADING)
             job_run.step(job, "Load", "Loading the uploaded image tar into the engine")
         else:
-            reference, auth = pull_spec(origin, override)
+            plan.reference, plan.auth = pull_spec(plan.origin, plan.override)
             image.move_to(ImageState.DOWNLOADING)
-            job_run.step(job, "Pull", f"Pulling {reference}")
-
-    tag = f"imagejobs/{image_id}"
-    pulled = None
-    try:
-        with Engine() as engine:
-            try:
-                if origin["type"] == "docker-file":
-                    file_id = _build(job_run, engine, image_id, origin["details"], override, build,
-                                     tag, log_size)
-                elif origin["type"] == "cycle-upload":
-                    file_id = _load_upload(engine, Path(get_settings().upload_dir) / upload)
-                else:
-                    # Docker Hub is the operator's (its mirror); a target naming another registry
-                    # is not Docker Hub.
-                    if origin["type"] != "docker-hub" or names_registry(reference):
-                        _check_registry(reference.split("/", 1)[0])
-                    pulled = engine.pull(reference, auth)
-                    file_id = pulled.image_id
-                with job_run.write() as (session, job):
-                    session.get(Image, image_id, with_for_update=True).move_to(ImageState.VERIFYING)
-                    job_run.step(job, "Verify", "Reading the image's configuration and size")
-                attrs = engine.inspect(file_id)
-                with job_run.write() as (session, job):
-                    session.get(Image, image_id, with_for_update=True).move_to(ImageState.SAVING)
-                    job_run.step(job, "Save", "Tagging the image in the engine of this node")
-                engine.tag(file_id, tag, "latest")
-            finally:
-                # After the tag, or after a failure: either way the pulled name is no longer needed.
-                if pulled and pulled.created:
-                    _drop_pulled_name(engine, pulled)
-    except EngineError as exc:
-        # A temporary fault is tried again on the same upload, unless this was the last try.
-        if not exc.transient or job_run.claim.attempt >= get_settings().max_attempts:
-            _forget_upload(upload)
-        raise
-
-    with job_run.write() as (session, job):
-        image = session.get(Image, image_id, with_for_update=True)
-        # Config, size and backend change together, so a failed re-import keeps the old ones.
-        image.config = image_config(attrs)
-        image.size = int(attrs.get("Size") or 0)
-        image.backend_provider = "docker"
-        image.backend_file_name = f"{tag}:latest"
-        image.backend_file_id = file_id
-        image.factory_node_id = get_settings().node_id
-        image.factory_cached = utcnow()
-        image.move_to(ImageState.LIVE)
-        jobs.complete(session, job, {"image_id": image_id, "file_id": file_id,
-                                     "node_id": image.factory_node_id})
-    _forget_upload(upload)
+            job_run.step(job, "Pull", f"Pulling {plan.reference}")
+    return plan
 
 
-def _drop_pulled_name(engine: Engine, pulled: Pulled) -> None:
-    """Remove the name the pull made: once the image's own tag holds the image, or the import failed.
+def _bring_in(job_run: JobRun, plan: _Plan) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Pull, build or load the image, check its config, and give it the image's engine tag.
+
+    Until it is checked, a built or loaded image is known only by a name of this attempt's,
+    removed at the end: an image that fails its checks leaves no name behind, and the engine
+    frees it once nothing else holds it.
+    """
+    repository, tag = engine_tag(plan.image_id)
+    staging = f"{repository}:attempt-{job_run.claim.attempt}"
+    kind = plan.origin["type"]
+    dropped = None
+    with Engine() as engine:
+        try:
+            if kind == "docker-file":
+                dropped = staging
+                file_id = _build(job_run, engine, plan, staging)
+            elif kind == "cycle-upload":
+                file_id = _load_upload(engine, Path(get_settings().upload_dir) / plan.upload)
+                dropped = staging
+                engine.tag(file_id, *staging.split(":"))
+            else:
+                # Docker Hub is the operator's (its mirror); a target naming another registry
+                # is not Docker Hub.
+                if kind != "docker-hub" or names_registry(plan.reference):
+                    _check_registry(plan.reference.split("/", 1)[0])
+                pulled = engine.pull(plan.reference, plan.auth)
+                file_id = pulled.image_id
+                # A name the engine held before the pull belongs to someone else and stays.
+                dropped = pulled.name if pulled.created else None
+            with job_run.write() as (session, job):
+                session.get(Image, plan.image_id, with_for_update=True).move_to(ImageState.VERIFYING)
+                job_run.step(job, "Verify", "Reading the image's configuration and size")
+            attrs = engine.inspect(file_id)
+            config = image_config(attrs)
+            with job_run.write() as (session, job):
+                session.get(Image, plan.image_id, with_for_update=True).move_to(ImageState.SAVING)
+                job_run.step(job, "Save", "Tagging the image in the engine of this node")
+            engine.tag(file_id, repository, tag)
+        finally:
+            # After the tag, or after a failure: either way the name is no longer needed.
+            if dropped:
+                _drop_name(engine, dropped, plan.image_id)
+    return file_id, attrs, config
+
+
+def _drop_name(engine: Engine, name: str, image_id: str) -> None:
+    """Remove a name an import made (a pull's, or an attempt's own) once it is of no more use.
 
     Left, it would keep the image in the engine after the image is deleted or pruned (or after a
-    failed import, for ever). A name the engine held before the pull belongs to someone else and
-    stays. Failing here costs disk, not the import, so it is logged and the job goes on.
+    failed import, for ever). Failing here costs disk, not the import, so it is logged and the
+    job goes on.
     """
     try:
-        engine.untag(pulled.name)
+        engine.untag(name)
     except EngineError as exc:
-        log.warning("import of %s: could not remove `%s` after pulling it: %s", pulled.image_id,
-                    pulled.name, exc.message)
+        log.warning("import of %s: could not remove `%s`: %s", image_id, name, exc.message)
 
 
 def _load_upload(engine: Engine, archive: Path) -> str:
@@ -169,8 +217,7 @@ def _forget_upload(upload: str | None) -> None:
 
 def names_registry(reference: str) -> bool:
     """Whether a reference starts with a registry host, as the engine reads it (else Docker Hub)."""
-    first, slash, _ = reference.partition("/")
-    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+    return registry_of(reference) != DOCKER_HUB
 
 
 def _check_registry(server: str) -> None:
@@ -197,18 +244,20 @@ def _open_build_log(session, image: Image, attempt: int) -> int:
     return len(build_log.log)
 
 
-def _build(job_run: JobRun, engine: Engine, image_id: str, details: dict[str, Any],
-           override: dict[str, Any], build: dict[str, Any], tag: str, log_size: int) -> str:
-    with BuildLogWriter(job_run.claim, image_id, already=log_size) as build_log, \
+def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
+    """Fetch and pack the context, then build it under `tag`, its log written as it goes."""
+    details = plan.origin["details"]
+    with BuildLogWriter(job_run.claim, plan.image_id, already=plan.log_size) as build_log, \
             tempfile.TemporaryDirectory(prefix="imagejobs-build-") as scratch_dir:
         scratch = Path(scratch_dir)
         try:
             context_dir = clean_path(details.get("context_dir"))
             build_file = clean_path(details.get("build_file"), "Dockerfile")
             with open(scratch / "context.tar", "w+b") as packed:
-                _fetch_context(details, override, Packer(packed, context_dir, build_file),
+                _fetch_context(details, plan.override, Packer(packed, context_dir, build_file),
                                scratch, build_log)
-                packed.seek(0)
+                # The engine fetches remote ADD sources itself, past every check on users' URLs.
+                refuse_remote_sources(_dockerfile_text(packed, build_file))
                 with job_run.write() as (_, job):
                     job_run.step(job, "Build", f"Building {build_file} on node "
                                  f"{get_settings().node_id}")
@@ -217,8 +266,10 @@ def _build(job_run: JobRun, engine: Engine, image_id: str, details: dict[str, An
                     _check_registry(server)
                     engine.login(RegistryAuth(credential.get("username") or "",
                                               credential.get("token") or "", server))
+                # The image's own previous build is the one cache it may use.
                 return engine.build(packed, dockerfile=build_file,
-                                    buildargs=dict(build.get("args") or {}), tag=f"{tag}:latest",
+                                    buildargs=dict(plan.build.get("args") or {}), tag=tag,
+                                    cache_from=":".join(engine_tag(plan.image_id)),
                                     on_output=build_log.append)
         except ContextError as exc:
             build_log.append(f"ERROR: {exc.message}\n")
@@ -230,6 +281,30 @@ def _build(job_run: JobRun, engine: Engine, image_id: str, details: dict[str, An
         except EngineError as exc:  # a registry login refused, the engine away: say so in the log
             build_log.append(f"ERROR: {exc.message}\n")
             raise
+
+
+# Far beyond any real Dockerfile; the check reads it whole.
+MAX_DOCKERFILE_BYTES = 1024 * 1024
+
+
+def _dockerfile_text(packed: IO[bytes], build_file: str) -> bytes:
+    """The Dockerfile as the engine will read it from the packed context; the file left at 0."""
+    packed.seek(0)
+    try:
+        with tarfile.open(fileobj=packed, mode="r:") as tar:
+            data = tar.extractfile(build_file)
+            text = data.read(MAX_DOCKERFILE_BYTES + 1) if data else b""
+    except KeyError:  # a link to nowhere in the context
+        raise ContextError(f"The Dockerfile `/{build_file}` links to no file in the build "
+                           "context.") from None
+    finally:
+        packed.seek(0)
+    if data is None:
+        raise ContextError(f"The Dockerfile `/{build_file}` is not a file.")
+    if len(text) > MAX_DOCKERFILE_BYTES:
+        raise ContextError(f"The Dockerfile `/{build_file}` is larger than "
+                           f"{MAX_DOCKERFILE_BYTES} bytes.")
+    return text
 
 
 def _fetch_context(details: dict[str, Any], override: dict[str, Any], packer: Packer,
@@ -269,7 +344,11 @@ def pull_spec(origin: dict[str, Any], override: dict[str, Any]) -> tuple[str, Re
     if kind == "docker-hub":
         auth = None
         if details.get("username") or details.get("token"):
-            auth = RegistryAuth(details.get("username", ""), details.get("token", ""), DOCKER_HUB)
+            if registry_of(target) not in DOCKER_HUB_NAMES:
+                # The engine would send them wherever the target leads.
+                raise JobFailed(f"The image cannot be imported: {docker_hub_only(target)}.")
+            auth = RegistryAuth(details.get("username", ""), details.get("token", ""),
+                                DOCKER_HUB_SERVER)
         return target, auth
     host = registry_host(details["url"])
     target = target.removeprefix(f"{host}/")
@@ -295,6 +374,11 @@ def image_config(attrs: dict[str, Any]) -> dict[str, Any]:
     ports = []
     for spec in config.get("ExposedPorts") or {}:
         port, _, protocol = spec.partition("/")
+        if not (re.fullmatch(r"[0-9]{1,5}", port) and 0 < int(port) < 65536
+                and protocol in ("", "tcp", "udp", "sctp")):
+            # The engine keeps what a loaded tar says; no container could be run from it.
+            raise JobFailed(f"The image's configuration exposes `{spec[:100]}`, which is not a "
+                            "port such as `8080/tcp`; the image cannot be used.")
         ports.append({"host": int(port), "container": int(port), "type": protocol or "tcp"})
     ports.sort(key=lambda p: (p["container"], p["type"]))
     env = {}
