@@ -85,16 +85,21 @@ def default_queues() -> str:
     return ",".join([*SHARED_QUEUES, node_queue(get_settings().node_id)])
 
 
-def api_command(host: str, port: int, workers: int) -> list[str]:
+def api_command(host: str, port: int, workers: int, connections: int = 1000,
+                keep_alive: int = 30) -> list[str]:
+    """gunicorn with our gevent worker (app/serve.py): a connection costs a greenlet, not a thread,
+    so clients sending slowly or not at all cannot take every request's place."""
     return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
-            str(workers), "--worker-class", "gthread", "--threads", "4", "--access-logfile",
+            str(workers), "--worker-class", "app.serve.ApiWorker",
+            "--worker-connections", str(connections), "--access-logfile",
             # The path without its query: upload tokens travel there and must not be logged.
             "-", "--access-logformat", '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
             # Idle connections stay open longer than a polling client waits between calls;
-            # at gunicorn's default of 2 s a reused connection races its own closing.
-            "--keep-alive", "30", "--graceful-timeout", "20",
+            # at gunicorn's default of 2 s a reused connection races its own closing. It is
+            # also all the time a client gets to send a request's headers, and a JSON body.
+            "--keep-alive", str(keep_alive), "--graceful-timeout", "20",
             # gunicorn's largest request line: filters of non-ASCII text grow threefold when
-            # percent-encoded, and a longer line is answered 414 by gunicorn, not by the API.
+            # percent-encoded; a longer line is answered 414 by gunicorn (in the envelope).
             "--limit-request-line", "8190", "app.wsgi:app"]
 
 
@@ -118,9 +123,14 @@ def worker_command(queues: str, concurrency: int) -> list[str]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--workers", default=2, show_default=True, help="gunicorn worker processes")
-def api(host: str, port: int, workers: int) -> None:
+@click.option("--connections", default=1000, show_default=True,
+              help="Open connections per worker process; past them new ones wait to be accepted.")
+@click.option("--keep-alive", default=30, show_default=True,
+              help="Seconds an idle connection stays open, and a client may take to send a "
+                   "request's headers or a JSON body.")
+def api(host: str, port: int, workers: int, connections: int, keep_alive: int) -> None:
     """Serve the API with gunicorn."""
-    command = api_command(host, port, workers)
+    command = api_command(host, port, workers, connections, keep_alive)
     os.execv(command[0], command)
 
 

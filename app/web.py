@@ -21,6 +21,7 @@ from werkzeug.routing import BaseConverter
 from app import errors
 from app.config import get_settings
 from app.db import new_session
+from app.serve import off_the_hub
 
 log = logging.getLogger("imagejobs.api")
 Model = TypeVar("Model", bound=BaseModel)
@@ -86,7 +87,11 @@ def parse_body(model: type[Model]) -> Model:
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise errors.InvalidContentType("Send the body as `Content-Type: application/json`.")
     try:
-        parsed = model.model_validate_json(request.get_data() or b"")
+        data = request.get_data()
+        if request.stream.read(1):  # werkzeug stops a chunked body at the limit, silently
+            raise errors.PayloadTooLarge(f"A JSON body may be at most "
+                                         f"{get_settings().max_body_bytes} bytes.")
+        parsed = model.model_validate_json(data or b"")
     except ValidationError as exc:
         raise validation_error(exc) from None
     where = _nul_at(parsed.model_dump(mode="json"))
@@ -273,7 +278,7 @@ def receive_upload(final: Path) -> Path:
             if upload is None:
                 raise errors.MissingArgument("Send the image tar as the multipart field "
                                              "`file.tar`.", source="/file.tar")
-            upload.save(partial)
+            off_the_hub(upload.save, partial)  # a disk copy of up to the whole upload
         else:
             received = 0
             with open(partial, "wb") as out:

@@ -16,6 +16,7 @@ from app.images import services
 from app.images.models import Image
 from app.images.schemas import ImageCreate, ImagesTask, ImageTask, ImageUpdate
 from app.jobs.views import accepted
+from app.serve import off_the_hub
 from app.sources.models import ImageSource
 from app.sources.views import source_document
 from app.web import db_session, fetch_page, list_query, parse_body, receive_upload
@@ -173,7 +174,8 @@ def upload_image(image_id: str):
     session.rollback()  # no transaction (nor connection) stays open while the body streams
     received = receive_upload(services.upload_path(image_id))
     try:
-        services.check_image_tar(received)
+        # Reading a large tar takes seconds: on a thread, so the process serves others meanwhile.
+        off_the_hub(services.check_image_tar, received)
         return accepted(session, services.accept_upload(session, image_id, hub_id, token,
                                                         received))
     finally:
