@@ -199,7 +199,19 @@ def off_the_hub(function: Callable[..., T], *args: Any) -> T:
     heartbeat to gunicorn's arbiter, which kills a worker silent for `--timeout` (30 s)."""
     if not monkey.is_module_patched("threading"):
         return function(*args)
-    return gevent.get_hub().threadpool.apply(function, args)
+
+    def caught() -> tuple[bool, Any]:
+        # gevent prints the trace of an exception raised in its thread pool: an error meant
+        # for the client (a refused upload) comes back as a value, and is raised here.
+        try:
+            return True, function(*args)
+        except Exception as exc:
+            return False, exc
+
+    done, result = gevent.get_hub().threadpool.apply(caught)
+    if not done:
+        raise result
+    return result
 
 
 def psycopg_waits_cooperatively() -> bool:

@@ -371,6 +371,20 @@ with gevent.Timeout(20):
 """) == "x"
 
 
+def test_an_error_raised_off_the_hub_reaches_the_caller_and_prints_no_trace():
+    result = subprocess.run([sys.executable, "-c", """from gevent import monkey; monkey.patch_all()
+from app import errors
+from app.serve import off_the_hub
+def refuse():
+    raise errors.InvalidInput("refused")
+try:
+    off_the_hub(refuse)
+except errors.InvalidInput as exc:
+    print(exc.detail)
+"""], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "refused", "")
+
+
 def test_the_worker_refuses_psycopg_imported_before_the_patch():
     """psycopg picks its wait function on import: after gevent's patch, one that cooperates."""
     check = "from app.serve import psycopg_waits_cooperatively; print(psycopg_waits_cooperatively())"
