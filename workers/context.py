@@ -32,7 +32,8 @@ import requests
 
 from app.archives import ArchiveRefused, LinkTree, checked_name, open_tar
 from app.config import get_settings
-from workers.netguard import AddressRefused, Deadline, IPAddress, PinnedAdapter, check_host
+from workers.deadline import Deadline
+from workers.netguard import AddressRefused, IPAddress, PinnedAdapter, check_host
 
 
 class ContextError(Exception):

@@ -6,9 +6,8 @@ saying whether trying again later may help.
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -19,6 +18,7 @@ import urllib3.exceptions
 from docker.utils import parse_repository_tag
 
 from app.config import get_settings
+from workers.deadline import Deadline
 from workers.runner import JobFailed
 
 
@@ -148,7 +148,7 @@ class Engine:
         seconds = get_settings().build_timeout_seconds
         image_id = None
         try:
-            with _Deadline(self.client.api, seconds) as deadline:
+            with Deadline(seconds) as deadline, _watched(self.client.api, deadline):
                 try:
                     for event in self.client.api.build(
                             fileobj=context, custom_context=True, dockerfile=dockerfile,
@@ -164,9 +164,9 @@ class Engine:
                         elif "ID" in (event.get("aux") or {}):
                             image_id = event["aux"]["ID"]
                 except Exception:
-                    if not deadline.expired:
+                    if not deadline.passed:
                         raise
-                if deadline.expired:
+                if deadline.passed:
                     message = (f"The build took longer than {seconds} seconds "
                                "(IMAGEJOBS_BUILD_TIMEOUT) and was stopped.")
                     on_output(f"ERROR: {message}\n")
@@ -270,43 +270,28 @@ class Engine:
             raise _unavailable(self.base_url, exc) from None
 
 
-class _Deadline:
-    """Cuts the connection of the engine calls made inside it once `seconds` have passed.
+@contextmanager
+def _watched(api: docker.APIClient, deadline: Deadline) -> Iterator[None]:
+    """Have `deadline` watch the connection of every engine call made inside it.
 
     The engine cancels a build whose client went away (it kills the running step's container),
     and the read blocked on the build's output returns at once: a per-read timeout could not
     bound a step that prints a line now and then. The socket is found where the docker SDK
     itself finds it for attached streams.
     """
-
-    def __init__(self, api: docker.APIClient, seconds: float):
-        self.api = api
-        self.expired = False
-        self._responses: list[requests.Response] = []
-        self._timer = threading.Timer(seconds, self._cut)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Deadline:
-        self.api.hooks["response"].append(self._keep)
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        self.api.hooks["response"].remove(self._keep)
-
-    def _keep(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
-        self._responses.append(response)
+    def watch(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        try:
+            raw = response.raw._fp.fp.raw
+        except AttributeError:  # a response already read whole: nothing left to cut
+            return response
+        deadline.watch(getattr(raw, "_sock", raw))
         return response
 
-    def _cut(self) -> None:
-        self.expired = True
-        for response in self._responses:
-            try:
-                raw = response.raw._fp.fp.raw
-                getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)
-            except (AttributeError, OSError):
-                pass  # that call had already ended
+    api.hooks["response"].append(watch)
+    try:
+        yield
+    finally:
+        api.hooks["response"].remove(watch)
 
 
 class BuildFailed(EngineError):
