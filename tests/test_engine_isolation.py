@@ -270,6 +270,30 @@ def test_a_registry_source_s_credentials_go_only_to_its_own_registry(api, worker
     assert recording_registry.credentials == []
 
 
+@pytest.mark.parametrize("kind", ["docker-registry", "oci-registry"])
+def test_a_registry_host_the_engine_would_read_as_docker_hub_is_refused(api, kind):
+    """`myregistry/app` is Docker Hub's `myregistry/app` to the engine: its credentials too."""
+    response = api.post("/v1/images/sources", json={"type": "direct", "origin": {
+        "type": kind, "details": {"url": "https://myregistry", "target": "app:v1"}}})
+    assert_error(response, 422, "422.invalid-input", "/origin/details/url")
+
+
+def test_a_worker_sends_no_registry_credentials_to_docker_hub_for_a_bare_host(api, worker):
+    """Sources made before the API refused such hosts: the worker refuses them too."""
+    image = image_from(api, {"type": "docker-registry", "details": {
+        "url": f"http://{AUTH_REGISTRY}", "target": "private/busybox:latest",
+        "username": AUTH_USER, "password": AUTH_PASSWORD}})
+    with transaction() as session:
+        row = session.get(Image, image["id"])
+        row.origin = {**row.origin, "details": {**row.origin["details"], "url": "http://myregistry"}}
+
+    response = api.post(f"/v1/images/{image['id']}/tasks", json={"action": "import"})
+    job = api.wait_for_job(response.get_json()["data"]["job"]["id"])
+
+    assert job["state"]["current"] == "error"
+    assert "read by the Docker engine as a Docker Hub account" in job["state"]["error"]["message"]
+
+
 # What a failed import leaves --------------------------------------------------------------------
 
 def saved_with_config(docker_client, **config: object) -> bytes:

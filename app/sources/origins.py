@@ -76,6 +76,11 @@ def _check_registry_url(value: str) -> str:
         raise ValueError(f"`{value[:100]}` is not a registry address such as "
                          "`registry.example.com` or `https://registry.example.com:5000`")
     _not_our_namespace(parts.hostname)
+    if registry_of(f"{registry_host(value)}/image") != registry_host(value).lower():
+        # The engine would pull `host/image` from Docker Hub, and send it the credentials.
+        raise ValueError(f"`{value[:100]}` names a host the Docker engine reads as a Docker Hub "
+                         "account, not a registry: give the registry's full domain name or its "
+                         "port")
     return value
 
 

@@ -353,6 +353,10 @@ def pull_spec(origin: dict[str, Any], override: dict[str, Any]) -> tuple[str, Re
     host = registry_host(details["url"])
     target = target.removeprefix(f"{host}/")
     reference = f"{host}/{target}"
+    if registry_of(reference) != host.lower():
+        # A source made before the API refused such hosts: the pull would go to Docker Hub.
+        raise JobFailed(f"The registry `{host}` is read by the Docker engine as a Docker Hub "
+                        "account; the source's `url` must give its full domain name or its port.")
     if kind == "docker-registry":
         secret = details.get("password") or details.get("token")
         if details.get("username") or secret:
