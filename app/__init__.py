@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from app.config import get_settings
+from app.config import check_service, get_settings
 
 
 def create_app() -> Flask:
@@ -17,6 +17,7 @@ def create_app() -> Flask:
     from app.openapi import blueprint as openapi
     from app.sources.views import blueprint as sources
 
+    check_service(get_settings(), worker=False)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)

@@ -7,14 +7,27 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 
-from app.config import get_settings
+from app.config import ConfigError, check_service, get_settings, new_secret_key, write_key_file
 from app.jobs.queueing import SHARED_QUEUES, node_queue
 
+# Where `imagejobs dev` keeps the key it makes when none is configured.
+DEV_KEY_FILE = Path.home() / ".local/share/imagejobs/secret.key"
 
-@click.group()
+
+class _Commands(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        # A setting that cannot be used is one line naming it, not a traceback.
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """imagejobs: container-image jobs behind the Cycle.io Images API."""
 
@@ -130,6 +143,7 @@ def worker_command(queues: str, concurrency: int) -> list[str]:
                    "request's headers or a JSON body.")
 def api(host: str, port: int, workers: int, connections: int, keep_alive: int) -> None:
     """Serve the API with gunicorn."""
+    check_service(get_settings(), worker=False)
     command = api_command(host, port, workers, connections, keep_alive)
     os.execv(command[0], command)
 
@@ -140,6 +154,7 @@ def api(host: str, port: int, workers: int, connections: int, keep_alive: int) -
 @click.option("--concurrency", default=2, show_default=True)
 def worker(queues: str | None, concurrency: int) -> None:
     """Run a Celery worker."""
+    check_service(get_settings(), worker=True)
     command = worker_command(queues or default_queues(), concurrency)
     os.execve(command[0], command, worker_environment())
 
@@ -178,14 +193,61 @@ def health(queue: str | None, timeout: float) -> None:
     sys.exit(1)
 
 
+@main.command("secret-key")
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the key to this file (mode 0600) unless it already holds one.")
+def secret_key(path: Path | None) -> None:
+    """Make a key for IMAGEJOBS_SECRET_KEY (or IMAGEJOBS_SECRET_KEY_FILE): printed, or written."""
+    if path is None:
+        click.echo(new_secret_key())
+    elif write_key_file(path):
+        click.echo(f"wrote a new secret key to {path}")
+    else:
+        click.echo(f"kept the secret key already in {path}")
+
+
+@main.command()
+def reseal() -> None:
+    """Seal every stored credential with the first IMAGEJOBS_SECRET_KEY, so older keys can go."""
+    from sqlalchemy import select
+
+    from app import vault
+    from app.db import transaction
+    from app.models import Image, ImageSource
+
+    resealed = unreadable = 0
+    for model in (ImageSource, Image):
+        with transaction() as session:
+            rows = session.scalars(select(model).where(model.origin_secrets.is_not(None))
+                                   .with_for_update())
+            for row in rows:
+                try:
+                    row.origin_secrets = vault.reseal(row.origin_secrets)
+                    resealed += 1
+                except vault.UnreadableSecrets:
+                    unreadable += 1
+    click.echo(f"resealed the credentials of {resealed} source or image rows with the first key")
+    if unreadable:
+        click.echo(f"left {unreadable} rows whose credentials no configured key decrypts",
+                   err=True)
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--concurrency", default=2, show_default=True)
 def dev(host: str, port: int, concurrency: int) -> None:
-    """Migrate, then run the API and one worker together until interrupted."""
+    """Migrate, then run the API and one worker together until interrupted.
+
+    Without a configured secret key it makes one, once, in ~/.local/share/imagejobs.
+    """
     from app import migrations
 
+    if not get_settings().secret_keys:
+        write_key_file(DEV_KEY_FILE)
+        os.environ["IMAGEJOBS_SECRET_KEY_FILE"] = str(DEV_KEY_FILE)
+        get_settings.cache_clear()
     migrations.create_database_if_missing()
     migrations.upgrade()
     processes = [subprocess.Popen(api_command(host, port, 1)),

@@ -1,58 +1,182 @@
-"""Settings read once from the environment, with defaults that work on a development machine."""
+"""Settings read once from the environment (and the env file), with defaults that work on a development
+machine; a value that cannot be used is a ConfigError naming the variable."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import secrets
 import socket
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+DEFAULT_ENV_FILE = "/etc/imagejobs/imagejobs.env"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A setting the process cannot run with; the message names the variable and what it wants."""
+
+
+@cache
+def _env_file() -> dict[str, str]:
+    """IMAGEJOBS_ENV_FILE (default /etc/imagejobs/imagejobs.env): settings kept outside the
+    repository, such as the database password `deploy/local-services.sh` makes. The environment
+    wins over it."""
+    path = Path(os.environ.get("IMAGEJOBS_ENV_FILE") or DEFAULT_ENV_FILE)
+    try:
+        return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"IMAGEJOBS_ENV_FILE={path} cannot be read: {exc.strerror}") from None
+
+
+def env(name: str, default: str = "") -> str:
+    """A setting as text: the environment, else the env file, else the default; blank is unset."""
+    return (os.environ.get(name) or _env_file().get(name) or default).strip()
+
+
+def _number(name: str, default: float, kind: type[int] | type[float]) -> Any:
+    raw = env(name)
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        noun = "whole number" if kind is int else "number"
+        raise ConfigError(f"{name}={raw!r}: expected a {noun} above 0, such as {default:g}")
+    return value
 
 
 def _int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+    return _number(name, default, int)
 
 
-def _database_url(raw: str) -> str:
+def _float(name: str, default: float) -> float:
+    return _number(name, default, float)
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env(name, default).lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={env(name)!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def _database_url() -> str:
+    raw = env("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/imagejobs")
     # Accept the plain libpq form as well as SQLAlchemy's, and always drive psycopg 3.
     for prefix in ("postgres://", "postgresql://"):
         if raw.startswith(prefix):
             return "postgresql+psycopg://" + raw[len(prefix):]
+    if not raw.startswith("postgresql+psycopg://"):
+        raise ConfigError(f"DATABASE_URL={redact_url(raw)!r}: expected a Postgres URL, "
+                          "postgresql://user:password@host:5432/database")
     return raw
 
 
+def _redis_url() -> str:
+    raw = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"REDIS_URL={redact_url(raw)!r}: expected a Redis URL, "
+                          "redis://host:6379/0")
+    return raw
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, to name it in a message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def _networks() -> tuple[Network, ...]:
+    networks = []
+    for item in env("IMAGEJOBS_ALLOWED_NETWORKS").split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"IMAGEJOBS_ALLOWED_NETWORKS: {item.strip()!r} is not a network; "
+                                  "expected CIDRs separated by commas, such as "
+                                  "127.0.0.1/32,10.0.0.0/8") from None
+    return tuple(networks)
+
+
+def _keys(text: str) -> list[str]:
+    return [k.strip() for k in text.replace("\n", ",").split(",") if k.strip()]
+
+
 def _secret_keys() -> list[str]:
-    """IMAGEJOBS_SECRET_KEY, comma separated (first encrypts, all decrypt), or a local key file.
-
-    Without the variable a key is made once in the user's data folder so that `make run` works
-    out of the box; production deployments set the variable.
-    """
-    raw = os.environ.get("IMAGEJOBS_SECRET_KEY", "").strip()
+    """IMAGEJOBS_SECRET_KEY (comma separated: the first encrypts, all decrypt), or the keys in
+    IMAGEJOBS_SECRET_KEY_FILE. None configured is an empty list: the API and the workers refuse to
+    start so (`check_service`), the admin commands need none."""
+    raw = env("IMAGEJOBS_SECRET_KEY")
     if raw:
-        return [k.strip() for k in raw.split(",") if k.strip()]
-    path = Path(os.environ.get("IMAGEJOBS_SECRET_KEY_FILE",
-                               Path.home() / ".local/share/imagejobs/secret.key"))
-    if not path.exists():
-        import secrets
+        return _keys(raw)
+    path = env("IMAGEJOBS_SECRET_KEY_FILE")
+    if not path:
+        return []
+    try:
+        keys = _keys(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"IMAGEJOBS_SECRET_KEY_FILE={path} cannot be read: {exc.strerror}") from None
+    if not keys:
+        raise ConfigError(f"IMAGEJOBS_SECRET_KEY_FILE={path} is empty; expected a key, such as one "
+                          "`imagejobs secret-key` prints")
+    return keys
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return [path.read_text().strip()]
+
+def new_secret_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def write_key_file(path: Path) -> bool:
+    """Write a new key to `path` unless it already holds one; whether it wrote."""
+    if path.exists() and path.read_text().strip():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_secret_key() + "\n")
+    return True
+
+
+def _in_container() -> bool:
+    return (Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+            or "KUBERNETES_SERVICE_HOST" in os.environ)
+
+
+def check_service(settings: Settings, *, worker: bool) -> None:
+    """What the API and the workers refuse to start without, where a default would fail later."""
+    if not settings.secret_keys:
+        raise ConfigError(
+            "IMAGEJOBS_SECRET_KEY is not set (nor IMAGEJOBS_SECRET_KEY_FILE): the API and every "
+            "worker must share one key to read the credentials they store. Make one with "
+            "`imagejobs secret-key` and give it to each of them.")
+    if worker and not env("IMAGEJOBS_NODE_ID") and _in_container():
+        raise ConfigError(
+            "IMAGEJOBS_NODE_ID is not set, and a container's host name changes each time it is "
+            "recreated: deletes of the images this worker's engine holds would go to a queue "
+            "nobody consumes. Set it to a name that stays with the engine.")
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = field(default_factory=lambda: _database_url(os.environ.get(
-        "DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/imagejobs")))
-    redis_url: str = field(
-        default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    database_url: str = field(default_factory=_database_url)
+    redis_url: str = field(default_factory=_redis_url)
     docker_host: str = field(
-        default_factory=lambda: os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
-    node_id: str = field(
-        default_factory=lambda: os.environ.get("IMAGEJOBS_NODE_ID") or socket.gethostname())
+        default_factory=lambda: env("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    node_id: str = field(default_factory=lambda: env("IMAGEJOBS_NODE_ID", socket.gethostname()))
     secret_keys: list[str] = field(default_factory=_secret_keys)
     # How long a worker's claim on a job lasts without renewal; renewed every third of it.
     lease_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_LEASE_SECONDS", 30))
@@ -72,7 +196,7 @@ class Settings:
     # On SIGTERM a worker lets its running jobs finish for this long, then stops them; their
     # leases lapse and other workers take them over.
     shutdown_seconds: float = field(
-        default_factory=lambda: float(os.environ.get("IMAGEJOBS_SHUTDOWN_SECONDS") or 20))
+        default_factory=lambda: _float("IMAGEJOBS_SHUTDOWN_SECONDS", 20))
     sweep_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_SWEEP_SECONDS", 5))
     # The broker hands an unacknowledged message out again after this long (Kombu's Redis
     # transport never extends it while a task runs); the claim keeps a second delivery idle.
@@ -85,7 +209,7 @@ class Settings:
     build_log_max_chars: int = field(
         default_factory=lambda: _int("IMAGEJOBS_BUILD_LOG_MAX_CHARS", 4 * 1024 * 1024))
     build_log_flush_seconds: float = field(
-        default_factory=lambda: float(os.environ.get("IMAGEJOBS_BUILD_LOG_FLUSH_SECONDS") or 0.5))
+        default_factory=lambda: _float("IMAGEJOBS_BUILD_LOG_FLUSH_SECONDS", 0.5))
     # Build contexts: the largest download, the largest expanded size and member count of an
     # archive, and how long a download may wait for an answer.
     context_max_download_bytes: int = field(
@@ -100,19 +224,18 @@ class Settings:
     fetch_max_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_FETCH_MAX_SECONDS", 300))
     git_timeout_seconds: int = field(default_factory=lambda: _int("IMAGEJOBS_GIT_TIMEOUT", 600))
     # Uploaded image tars wait here for a worker; shared storage when API and workers are apart.
-    upload_dir: str = field(default_factory=lambda: os.environ.get(
+    upload_dir: str = field(default_factory=lambda: env(
         "IMAGEJOBS_UPLOAD_DIR", str(Path.home() / ".local/share/imagejobs/uploads")))
     upload_max_bytes: int = field(
         default_factory=lambda: _int("IMAGEJOBS_UPLOAD_MAX_BYTES", 8 * 1024 * 1024 * 1024))
     upload_token_seconds: int = field(
         default_factory=lambda: _int("IMAGEJOBS_UPLOAD_TOKEN_TTL", 3600))
     # Networks a user's URL may reach although they are loopback, private or link-local.
-    allowed_networks: str = field(
-        default_factory=lambda: os.environ.get("IMAGEJOBS_ALLOWED_NETWORKS", ""))
+    allowed_networks: tuple[Network, ...] = field(default_factory=_networks)
     # The engine fetches an ADD URL or git repository itself, from the host's network and past the
     # checks above, so a Dockerfile naming one is refused unless this is `allow`.
-    build_remote_add_allowed: bool = field(default_factory=lambda: os.environ.get(
-        "IMAGEJOBS_BUILD_REMOTE_ADD", "refuse").strip().lower() == "allow")
+    build_remote_add_allowed: bool = field(default_factory=lambda: _choice(
+        "IMAGEJOBS_BUILD_REMOTE_ADD", "refuse", ("refuse", "allow")) == "allow")
     # Engine calls (a pull of a large image) may take this long before the job errors.
     engine_timeout_seconds: int = field(
         default_factory=lambda: _int("IMAGEJOBS_ENGINE_TIMEOUT", 1800))

@@ -38,6 +38,8 @@ os.environ["IMAGEJOBS_BUILD_LOG_MAX_CHARS"] = "200000"
 os.environ["IMAGEJOBS_UPLOAD_DIR"] = str(Path(__file__).resolve().parent.parent / ".test-logs"
                                          / f"uploads-{TEST_DATABASE}")
 os.environ.setdefault("DOCKER_HOST", "unix:///var/run/docker.sock")
+# The machine's env file (`deploy/local-services.sh` writes one for `make run`) is not the tests'.
+os.environ["IMAGEJOBS_ENV_FILE"] = str(Path(__file__).resolve().parent / "no-env-file")
 
 import pytest  # noqa: E402
 import redis  # noqa: E402

@@ -7,13 +7,14 @@ import threading
 
 from celery.signals import worker_ready, worker_shutdown
 
-from app.config import get_settings
+from app.config import check_service, get_settings
 from app.jobs.engine import sweep
 from app.jobs.queueing import make_celery
 from workers.uploads import sweep_uploads
 
 log = logging.getLogger("imagejobs.sweeper")
 
+check_service(get_settings(), worker=True)
 celery = make_celery(get_settings())
 celery.conf.include = ["workers.tasks.imports", "workers.tasks.deletes", "workers.tasks.prunes",
                        "workers.tasks.health"]

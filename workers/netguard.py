@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,10 +44,8 @@ class AddressRefused(Exception):
         self.transient = transient
 
 
-@cache
 def allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    raw = get_settings().allowed_networks
-    return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in raw.split(",") if n.strip())
+    return get_settings().allowed_networks
 
 
 def internal(address: IPAddress) -> bool:

@@ -59,7 +59,14 @@ def create_source(session: Session, hub_id: str, creator: dict[str, str],
 def _seal_origin(origin_model: Any, previous: ImageSource | None) -> tuple[dict, bytes | None]:
     public, secrets = split_secrets(origin_document(origin_model))
     if previous is not None and previous.origin_type == public["type"]:
-        kept = keep_unchanged_secrets(secrets, public, vault.unseal(previous.origin_secrets))
+        try:
+            stored = vault.unseal(previous.origin_secrets)
+        except vault.UnreadableSecrets as exc:
+            if not secrets:
+                raise errors.InvalidInput(f"{exc} Send the origin's secrets again.",
+                                          source="/origin") from None
+            stored = {}  # no process can read them: the secrets sent now take their place
+        kept = keep_unchanged_secrets(secrets, public, stored)
         if kept != secrets and destinations(public) != destinations(previous.origin):
             # A blank secret keeps its stored value only for the same destination: otherwise
             # anyone who may edit the source could send the secret to a server of their own.

@@ -109,8 +109,13 @@ def _start(job_run: JobRun) -> _Plan:
         if image is None or image.state in (ImageState.DELETING, ImageState.DELETED):
             _forget_upload(upload)
             raise JobFailed("The image was deleted before its import started.")
-        plan = _Plan(image.id, merge_secrets(image.origin, vault.unseal(image.origin_secrets)),
-                     image.override or {}, image.build or {}, upload)
+        try:
+            secrets = vault.unseal(image.origin_secrets)
+        except vault.UnreadableSecrets as exc:
+            raise JobFailed(f"{exc} Save the source's credentials again to seal them with the "
+                            "current key.") from None
+        plan = _Plan(image.id, merge_secrets(image.origin, secrets), image.override or {},
+                     image.build or {}, upload)
         image.state_error = None
         image.factory_acknowledged = utcnow()
         kind = plan.origin["type"]
