@@ -10,8 +10,16 @@ import time
 from pathlib import Path
 
 import click
+import sqlalchemy.exc
 
-from app.config import ConfigError, check_service, get_settings, new_secret_key, write_key_file
+from app.config import (
+    ConfigError,
+    check_service,
+    get_settings,
+    new_secret_key,
+    redact_url,
+    write_key_file,
+)
 from app.jobs.queueing import SHARED_QUEUES, node_queue
 
 # Where `imagejobs dev` keeps the key it makes when none is configured.
@@ -20,11 +28,16 @@ DEV_KEY_FILE = Path.home() / ".local/share/imagejobs/secret.key"
 
 class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> object:
-        # A setting that cannot be used is one line naming it, not a traceback.
+        # A setting that cannot be used, or a database out of reach, is a line, not a traceback.
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        except sqlalchemy.exc.OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "no answer"
+            raise click.ClickException(f"cannot use the database at "
+                                       f"{redact_url(get_settings().database_url)}: {reason}"
+                                       ) from None
 
 
 @click.group(cls=_Commands)

@@ -20,7 +20,7 @@ from app.db import transaction
 from app.models import Hub, Image, ImageSource
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, ROOT, TEST_DATABASE
 from tests.helpers import assert_failed, create_image, create_source, import_and_wait, oci_origin
-from tests.processes import ApiClient, api_server, own_database
+from tests.processes import ApiClient, api_server, free_port, own_database
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -164,3 +164,12 @@ def test_reseal_lets_the_old_key_go(bare_env):
         assert result.returncode == 0, result.stderr
         assert "resealed the credentials of 1 source or image rows" in result.stdout
         assert keeps_blank_secrets(base) == 200
+
+
+def test_a_database_out_of_reach_is_one_line_without_its_password(bare_env):
+    url = f"postgresql://imagejobs:hunter2-db-pass@127.0.0.1:{free_port()}/imagejobs"
+    result = run_cli("hub", "create", "nowhere", env={**bare_env, "DATABASE_URL": url})
+    assert result.returncode != 0
+    line = result.stderr.strip()
+    assert line.startswith("Error: cannot use the database at postgresql+psycopg://imagejobs:***@")
+    assert "Connection refused" in line and "\n" not in line and "hunter2-db-pass" not in line
