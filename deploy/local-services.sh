@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Bring up every local service the imagejobs tests and `make run` need:
-# PostgreSQL, Redis, two Docker engines, two registries and the base image.
+# PostgreSQL, Redis, two Docker engines, two registries and the base image,
+# installing the Debian packages that are missing (python3-venv too, for the
+# project's virtualenv). imagejobs gets a database role and a database of its
+# own; the role's password is kept in /etc/imagejobs/imagejobs.env (root only),
+# which imagejobs reads.
 #
 # Every step checks first and acts only if needed, so re-running is cheap and
 # safe. Must run as root on Debian 12; it needs no network beyond the Debian
@@ -15,6 +19,10 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH
 STATE_DIR=/var/lib/imagejobs
 RUN_DIR=/var/run/imagejobs
 LOG_DIR=/var/log/imagejobs
+
+ENV_FILE=/etc/imagejobs/imagejobs.env
+DB_NAME=imagejobs
+DB_ROLE=imagejobs
 
 ENGINE_A_SOCK=/var/run/docker.sock
 ENGINE_B_SOCK=$RUN_DIR/docker-b.sock
@@ -150,6 +158,122 @@ ensure_postgres() {
     SUMMARY+=("postgres ok")
 }
 
+# psql_admin ARGS...: psql as the local superuser over the Unix socket, which
+# Debian's default peer auth (and trust) lets in; SQL on stdin.
+psql_admin() {
+    (cd / && runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 "$@")
+}
+
+# The password in the env file's DATABASE_URL, when that URL is the one this
+# script writes.
+env_file_password() {
+    [[ -f $ENV_FILE ]] || return 0
+    sed -n "s|^DATABASE_URL=postgresql://$DB_ROLE:\([0-9a-f]\{1,\}\)@127.0.0.1:5432/$DB_NAME\$|\1|p;T;q" \
+        "$ENV_FILE"
+}
+
+# The SCRAM-SHA-256 verifier of the password on stdin, in the form Postgres
+# stores: the role gets it instead of the password, which so never reaches the
+# server or its log.
+scram_verifier() {
+    python3 -c '
+import base64, hashlib, hmac, os, sys
+password, salt, rounds = sys.stdin.read().encode(), os.urandom(16), 4096
+salted = hashlib.pbkdf2_hmac("sha256", password, salt, rounds)
+client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+b64 = lambda raw: base64.b64encode(raw).decode()
+print(f"SCRAM-SHA-256${rounds}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}")
+'
+}
+
+# set_role_password CREATE|ALTER PASSWORD
+set_role_password() {
+    local verb=$1 verifier
+    verifier=$(printf '%s' "$2" | scram_verifier)
+    # Through stdin, not argv: other users of the machine can read argv in /proc.
+    printf "%s ROLE %s LOGIN PASSWORD '%s';\n" "$verb" "$DB_ROLE" "$verifier" | psql_admin -d postgres
+}
+
+db_login_works() {
+    PGPASSWORD=$1 PGCONNECT_TIMEOUT=5 psql -X -w -q -At -h 127.0.0.1 -p 5432 -U "$DB_ROLE" -d "$DB_NAME" \
+        -c 'SELECT 1' >/dev/null 2>&1
+}
+
+# A database `imagejobs` made by the superuser (as `make run` did before imagejobs
+# had a role) keeps its data: it and its tables and sequences pass to the role.
+# REASSIGN OWNED cannot do it, since postgres also owns the system catalogs.
+hand_over_database() {
+    psql_admin -d "$DB_NAME" <<EOF
+BEGIN;
+ALTER DATABASE $DB_NAME OWNER TO $DB_ROLE;
+DO \$\$
+DECLARE relation regclass;
+BEGIN
+    FOR relation IN
+        SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+          AND c.relowner <> '$DB_ROLE'::regrole
+          -- A column's sequence passes with its table.
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                            AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
+    LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO $DB_ROLE', relation);
+    END LOOP;
+END
+\$\$;
+COMMIT;
+EOF
+}
+
+# The role and database imagejobs, the role's password in $ENV_FILE. A password
+# once written is kept: the role is given it again only if it does not log in.
+ensure_database() {
+    local password fresh_password=0 fresh_role=0 owner
+    password=$(env_file_password)
+    if [[ -z $password && -f $ENV_FILE ]] && grep -q '^DATABASE_URL=' "$ENV_FILE"; then
+        SUMMARY+=("database: DATABASE_URL set in $ENV_FILE, left as it is")
+        return
+    fi
+    if [[ -z $password ]]; then
+        password=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+        fresh_password=1
+    fi
+
+    if [[ -z $(psql_admin -d postgres <<<"SELECT 1 FROM pg_roles WHERE rolname = '$DB_ROLE'") ]]; then
+        log "creating database role $DB_ROLE"
+        set_role_password CREATE "$password"
+        fresh_role=1
+    fi
+    owner=$(psql_admin -d postgres <<<"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '$DB_NAME'")
+    if [[ -z $owner ]]; then
+        log "creating database $DB_NAME owned by $DB_ROLE"
+        psql_admin -d postgres <<<"CREATE DATABASE $DB_NAME OWNER $DB_ROLE"
+    elif [[ $owner != "$DB_ROLE" ]]; then
+        log "handing database $DB_NAME and its tables from $owner to $DB_ROLE"
+        hand_over_database
+    fi
+    if ((!fresh_role)) && { ((fresh_password)) || ! db_login_works "$password"; }; then
+        log "setting the password of role $DB_ROLE"
+        set_role_password ALTER "$password"
+    fi
+    db_login_works "$password" ||
+        die "role $DB_ROLE cannot log in to $DB_NAME on 127.0.0.1:5432 with its password (see pg_hba.conf)"
+
+    if ((fresh_password)); then
+        log "writing DATABASE_URL to $ENV_FILE"
+        mkdir -p "$(dirname "$ENV_FILE")"
+        {
+            if [[ -f $ENV_FILE ]]; then
+                sed -e '$a\' "$ENV_FILE"
+            fi
+            printf 'DATABASE_URL=postgresql://%s:%s@127.0.0.1:5432/%s\n' "$DB_ROLE" "$password" "$DB_NAME"
+        } | write_if_changed "$ENV_FILE" 0600
+    fi
+    SUMMARY+=("database $DB_NAME (role $DB_ROLE, password in $ENV_FILE) ok")
+}
+
 redis_up() {
     [[ $(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null) == PONG ]]
 }
@@ -171,26 +295,62 @@ ensure_redis() {
     SUMMARY+=("redis ok")
 }
 
+package_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# disable_at_boot SCRIPT UNIT...: neither the init script nor the systemd units start at boot.
+disable_at_boot() {
+    update-rc.d "$1" disable >/dev/null
+    # systemctl disables units without a running systemd too (it removes their links).
+    if command -v systemctl >/dev/null; then
+        systemctl disable --quiet "${@:2}"
+    fi
+}
+
 ensure_packages() {
     local missing=()
-    command -v dockerd >/dev/null || missing+=(dockerd)
+    compgen -G '/etc/postgresql/*/main' >/dev/null || missing+=(postgresql)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    # Debian's python3 makes no virtualenv without it (ensurepip is split off).
+    package_installed python3-venv || missing+=(python3-venv)
+    # docker.io also ships a docker CLI; a newer one in /usr/local/bin (if any)
+    # stays first on PATH and negotiates the API version down.
+    command -v dockerd >/dev/null || missing+=(docker.io)
     command -v docker-registry >/dev/null || missing+=(docker-registry)
     # The base image needs a statically linked busybox; the dynamic one would
     # need libc inside the image.
-    dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' ||
-        missing+=(busybox-static)
-    command -v htpasswd >/dev/null || missing+=(htpasswd)
+    package_installed busybox-static || missing+=(busybox-static)
+    command -v htpasswd >/dev/null || missing+=(apache2-utils)
     command -v git >/dev/null || missing+=(git)
     command -v curl >/dev/null || missing+=(curl)
     ((${#missing[@]} == 0)) && return
 
-    log "missing: ${missing[*]}; installing packages"
+    log "installing ${missing[*]}"
+    # The packages would start their own daemons with Debian's settings (dockerd
+    # without the mirror, a registry open on every interface); this script starts
+    # each service itself, as below, so none may start during the install.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e $policy ]]; then
+        made_policy=1
+        TMP_PATHS+=("$policy")
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+    fi
     apt-get update -qq || die "apt-get update failed"
-    # docker.io also ships a docker CLI; a newer one in /usr/local/bin (if any)
-    # stays first on PATH and negotiates the API version down.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        docker.io docker-registry busybox-static apache2-utils git curl ||
-        die "apt-get install failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" ||
+        die "apt-get install ${missing[*]} failed"
+    if ((made_policy)); then
+        rm -f "$policy"
+    fi
+    # Enabled as installed, Debian's units would serve that open registry, and a dockerd
+    # without the mirror, from the next boot.
+    if [[ " ${missing[*]} " == *" docker-registry "* ]]; then
+        disable_at_boot docker-registry docker-registry.service
+    fi
+    if [[ " ${missing[*]} " == *" docker.io "* ]]; then
+        disable_at_boot docker docker.service docker.socket
+    fi
 }
 
 # ensure_engine NAME SOCK DATAROOT EXECROOT PIDFILE LOG
@@ -446,9 +606,10 @@ main() {
     exec 9>"$RUN_DIR/local-services.lock"
     flock -w 300 9 || die "another local-services.sh run holds $RUN_DIR/local-services.lock"
 
-    ensure_postgres
-    ensure_redis
     ensure_packages
+    ensure_postgres
+    ensure_database
+    ensure_redis
 
     ensure_engine engine-a "$ENGINE_A_SOCK" /var/lib/docker /var/run/docker \
         /var/run/docker.pid "$LOG_DIR/dockerd-a.log"
