@@ -11,6 +11,7 @@ Downloads and clones are bounded in time as a whole, not only per read.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ipaddress
 import os
 import posixpath
@@ -111,17 +112,18 @@ class Packer:
         if relative is None:
             return
         # A fresh header under the checked name: none of the archive's own PAX records (a 64 KB
-        # comment on every member would reach the engine's disk uncounted).
-        member = member.replace(name=relative, uid=0, gid=0, uname="", gname="", deep=False)
+        # comment on every member would reach the engine's disk uncounted). A copy, not
+        # TarInfo.replace: that is Python 3.11.4's, and Debian 12 has 3.11.2.
+        member = copy.copy(member)
+        member.name, member.uid, member.gid, member.uname, member.gname = relative, 0, 0, "", ""
         member.pax_headers = {}
         if member.issym():
             # A link may not reach past the context directory either, like a hard link.
             self._within_context(posixpath.normpath(posixpath.join(
                 posixpath.dirname(name), member.linkname)), required=True)
         if member.islnk():
-            member = member.replace(linkname=self._within_context(
-                posixpath.normpath(member.linkname), required=True),
-                deep=False)
+            member.linkname = self._within_context(posixpath.normpath(member.linkname),
+                                                   required=True)
         with _refusals():  # judged with the links packed before it; all links again at the end
             self.written.add(relative, member)
         self.tar.addfile(member, data if member.isfile() else None)
