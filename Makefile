@@ -1,6 +1,8 @@
 # imagejobs: `make run` to try it, `make test` to prove it. `make help` lists every target.
 SHELL := /bin/bash
-PYTHON ?= python3
+# Debian's own python3 where there is one: the Python of a stock machine and of the image
+# (3.11.2), so the suite runs on what imagejobs runs on.
+PYTHON ?= $(if $(wildcard /usr/bin/python3),/usr/bin/python3,python3)
 VENV := .venv
 BIN := $(VENV)/bin
 SPEC_DIR ?= ../shared/cycle-api-spec
@@ -13,19 +15,34 @@ LOAD_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml deploy/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c deploy/constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed ## Install into .venv (only when pyproject.toml changed)
 
+# The image's Python (Debian 12's python3, 3.11.2): dependencies chosen by markers such as
+# redis's `python_full_version < "3.11.3"` must be those the image needs.
+LOCK_PYTHON ?= /usr/bin/python3
+
+lock: ## Pin every runtime dependency, transitive ones too, in deploy/constraints.txt (from a clean venv)
+	rm -rf build/lock
+	$(LOCK_PYTHON) -m venv build/lock
+	build/lock/bin/pip install --quiet --upgrade pip
+	build/lock/bin/pip install --quiet .
+	{ echo "# The runtime dependencies of pyproject.toml, pinned: made by make lock, used by make image."; \
+	  build/lock/bin/pip freeze --exclude imagejobs; } > deploy/constraints.txt
+	rm -rf build/lock
+
 services: ## Start Postgres, Redis, two Docker engines and two registries (idempotent)
 	bash deploy/local-services.sh
 
-run: install ## Start the API on http://127.0.0.1:8000 and a worker
+# The services first: on a new machine they install python3-venv, which the venv needs.
+run: ## Start the API on http://127.0.0.1:8000 and a worker
 	bash deploy/local-services.sh --no-engine-b
+	$(MAKE) --no-print-directory install
 	$(BIN)/imagejobs db upgrade
 	@echo
 	@echo "imagejobs: API on http://127.0.0.1:8000 with one worker. In another shell, make a key:"
@@ -35,7 +52,10 @@ run: install ## Start the API on http://127.0.0.1:8000 and a worker
 	@echo
 	IMAGEJOBS_ALLOWED_NETWORKS=$${IMAGEJOBS_ALLOWED_NETWORKS-127.0.0.1/32} $(BIN)/imagejobs dev
 
-test: install services ## Run the whole test suite against the real services
+image: install services ## Build the container image imagejobs:latest (deploy/Dockerfile) on engine A
+	bash deploy/build-image.sh
+
+test: services install ## Run the whole test suite against the real services
 	$(BIN)/pytest --ignore=tests/conformance $(PYTEST_ARGS)
 
 conformance: install ## Compare the API with the Cycle spec extract (SPEC_DIR)
@@ -60,4 +80,4 @@ lint: install ## ruff
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .test-logs *.egg-info
 
-.PHONY: help install services run test conformance bench faults load fuzz lint clean
+.PHONY: help install lock services image run test conformance bench faults load fuzz lint clean
