@@ -324,6 +324,10 @@ ensure_packages() {
     command -v htpasswd >/dev/null || missing+=(apache2-utils)
     command -v git >/dev/null || missing+=(git)
     command -v curl >/dev/null || missing+=(curl)
+    # The test suite (the run with both engines) brings up deploy/compose.yaml with it.
+    if ((WITH_ENGINE_B)); then
+        command -v docker-compose >/dev/null || missing+=(docker-compose)
+    fi
     ((${#missing[@]} == 0)) && return
 
     log "installing ${missing[*]}"
