@@ -171,6 +171,14 @@ def test_the_api_refuses_to_start_without_a_key_and_the_image_brings_none(image)
     assert "IMAGEJOBS_SECRET_KEY" in result.stderr + result.stdout
 
 
+def test_a_worker_in_the_container_refuses_to_start_without_a_node_id(image):
+    # The container's host name is its id, new each time it is recreated.
+    result = docker("run", "--rm", "--network", "none", "-e", "IMAGEJOBS_SECRET_KEY=k", IMAGE,
+                    "worker", check=False)
+    assert result.returncode != 0
+    assert "IMAGEJOBS_NODE_ID is not set" in result.stderr, result.stderr
+
+
 def test_the_api_serves_from_the_image_and_stops_on_sigterm(image):
     port = free_port()
     name = f"imagejobs-test-api-{uuid.uuid4().hex[:8]}"
