@@ -6,6 +6,7 @@ Nothing here reads settings, so any of them may import it before putting its env
 from __future__ import annotations
 
 import io
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -48,3 +49,12 @@ def children(pid: int) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
             found.append(int(entry.name))
     return sorted(found)
+
+
+def build_image() -> None:
+    """imagejobs:latest, built by the script `make image` runs (all cache when nothing changed)."""
+    root = Path(__file__).resolve().parent.parent
+    build = subprocess.run(["bash", "deploy/build-image.sh"], cwd=root, capture_output=True,
+                           text=True, timeout=1800)
+    assert build.returncode == 0, f"deploy/build-image.sh failed:\n{build.stdout[-4000:]}" \
+                                  f"{build.stderr[-4000:]}"

@@ -26,7 +26,7 @@ from tests.conftest import AUTH_PASSWORD, AUTH_USER, ROOT
 from tests.helpers import repository_path
 from tests.processes import ApiClient, free_port
 from tests.servers import FileServer, GitServer, Revision
-from tests.support import dockerfile_context, recreate_database
+from tests.support import build_image, dockerfile_context, recreate_database
 
 pytestmark = pytest.mark.docker
 
@@ -124,10 +124,7 @@ def untag_images() -> None:
 @pytest.fixture(scope="module")
 def image() -> None:
     """imagejobs:latest, built by the script `make image` runs (all cache when nothing changed)."""
-    build = subprocess.run(["bash", "deploy/build-image.sh"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=1800)
-    assert build.returncode == 0, f"deploy/build-image.sh failed:\n{build.stdout[-4000:]}" \
-                                  f"{build.stderr[-4000:]}"
+    build_image()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import requests
 
 from tests.conftest import AUTH_PASSWORD, ROOT
 from tests.processes import free_port
+from tests.support import build_image
 
 pytestmark = pytest.mark.docker
 
@@ -55,10 +56,7 @@ def sh(script: str) -> str:
 @pytest.fixture(scope="module")
 def image() -> dict:
     """The image, built by the script `make image` runs (all cache when nothing changed)."""
-    build = subprocess.run(["bash", "deploy/build-image.sh"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=1800)
-    assert build.returncode == 0, f"deploy/build-image.sh failed:\n{build.stdout[-4000:]}" \
-                                  f"{build.stderr[-4000:]}"
+    build_image()
     return json.loads(docker("image", "inspect", IMAGE).stdout)[0]
 
 
