@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
 from app.config import check_service, get_settings
@@ -11,27 +9,31 @@ from app.config import check_service, get_settings
 
 def create_app() -> Flask:
     """The Flask application: one blueprint per resource, errors always in the spec's envelope."""
-    from app import web
+    from app import logs, metrics, web
     from app.images.views import blueprint as images
     from app.jobs.views import blueprint as jobs
     from app.openapi import blueprint as openapi
+    from app.ready import blueprint as ready
     from app.sources.views import blueprint as sources
 
     check_service(get_settings(), worker=False)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     app = Flask(__name__)
+    app.wsgi_app = logs.with_request_ids(app.wsgi_app)
     app.config["MAX_CONTENT_LENGTH"] = get_settings().max_body_bytes
     # OPTIONS would otherwise be answered by Flask with an empty HTML page.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.json.sort_keys = False
     app.url_map.converters["image_id"] = web.ImageIdConverter
     web.register(app)
+    # GET /metrics, and every request's latency by route and status.
+    metrics.register(app)
     # Sources before images: /v1/images/sources must not be taken for an image id.
     app.register_blueprint(sources)
     app.register_blueprint(images)
     app.register_blueprint(jobs)
     app.register_blueprint(openapi)
+    app.register_blueprint(ready)
 
     @app.get("/v1/health")
     def health():

@@ -126,7 +126,16 @@ def api_command(host: str, port: int, workers: int, connections: int = 1000,
             "--keep-alive", str(keep_alive), "--graceful-timeout", "20",
             # gunicorn's largest request line: filters of non-ASCII text grow threefold when
             # percent-encoded; a longer line is answered 414 by gunicorn (in the envelope).
-            "--limit-request-line", "8190", "app.wsgi:app"]
+            "--limit-request-line", "8190",
+            # Its hooks give each start a fresh folder for the workers' request metrics.
+            "--config", "python:app.gunicorn_hooks",
+            *_json_logs("--logger-class", "app.logs.GunicornLogger"),
+            "app.wsgi:app"]
+
+
+def _json_logs(*args: str) -> tuple[str, ...]:
+    """`args` when the log format is JSON, else nothing."""
+    return args if get_settings().log_format == "json" else ()
 
 
 def worker_environment() -> dict[str, str]:
@@ -138,7 +147,9 @@ def worker_environment() -> dict[str, str]:
 
 
 def worker_command(queues: str, concurrency: int) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+    # Celery prints its banner, not logs it: with JSON logs, the only lines that would not be JSON.
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *_json_logs("--quiet"),
+            "worker",
             "--queues", queues, "--concurrency", str(concurrency), "--loglevel", "INFO",
             # Workers coordinate through Postgres; Celery's worker-to-worker chatter adds nothing.
             "--without-mingle", "--without-gossip",

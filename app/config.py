@@ -236,6 +236,9 @@ class Settings:
     # checks above, so a Dockerfile naming one is refused unless this is `allow`.
     build_remote_add_allowed: bool = field(default_factory=lambda: _choice(
         "IMAGEJOBS_BUILD_REMOTE_ADD", "refuse", ("refuse", "allow")) == "allow")
+    # `json`: every log line of the API and the workers is one JSON object (app/logs.py).
+    log_format: str = field(default_factory=lambda: _choice(
+        "IMAGEJOBS_LOG_FORMAT", "text", ("text", "json")))
     # Engine calls (a pull of a large image) may take this long before the job errors.
     engine_timeout_seconds: int = field(
         default_factory=lambda: _int("IMAGEJOBS_ENGINE_TIMEOUT", 1800))

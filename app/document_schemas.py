@@ -382,7 +382,17 @@ class HealthDocument(Document):
     data: Health
 
 
+class Ready(Document):
+    postgres: Literal["ok"]
+    redis: Literal["ok"]
+
+
+class ReadyDocument(Document):
+    data: Ready
+
+
 RESPONSE_DOCUMENTS: tuple[type[BaseModel], ...] = (
     SourceDocument, SourceListDocument, ImageDocument, ImageListDocument, BuildLogDocument,
     JobDocument, JobListDocument, JobDescriptorDocument, ErrorEnvelope, HealthDocument,
+    ReadyDocument,
 )

@@ -177,6 +177,8 @@ def _operations() -> dict[str, Operation]:
                         JOB_SORTS, {"creators"}), errors=_QUERY_ERRORS),
         "jobs.get_job": Operation("Get a job", 200, docs.JobDocument, errors=(errors.JobNotFound,)),
         "health": Operation("Whether the API answers", 200, docs.HealthDocument),
+        "ready.ready": Operation("Whether the API reaches Postgres and Redis; 503 names those "
+                                 "it cannot reach", 200, docs.ReadyDocument),
         "openapi.openapi_document": Operation("This document", 200, None),
     }
 

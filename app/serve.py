@@ -22,7 +22,7 @@ from gevent import monkey
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
 
-from app import errors
+from app import errors, logs
 
 T = TypeVar("T")
 WsgiApp = Callable[[dict[str, Any], Callable], Iterable[bytes]]
@@ -84,11 +84,12 @@ def _envelope(error: errors.ApiError) -> bytes:
     return json.dumps(error.envelope()).encode()
 
 
-def error_response(error: errors.ApiError) -> bytes:
+def error_response(error: errors.ApiError, request_id: str) -> bytes:
     """A whole HTTP/1.1 answer holding `error` in the envelope; the connection closes after it."""
     body = _envelope(error)
     head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
             f"Connection: close\r\nContent-Type: application/json\r\n"
+            f"{logs.REQUEST_ID_HEADER}: {request_id}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
 
@@ -186,7 +187,8 @@ def receiving_bodies_first(app: WsgiApp, limit: int, seconds: float) -> WsgiApp:
         if not received:
             body = _envelope(RequestTimeout(f"The request body did not arrive within {seconds:g} s."))
             start_response(f"408 {HTTPStatus(408).phrase}", [
-                ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+                ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                (logs.REQUEST_ID_HEADER, logs.request_id(environ))])
             return [body]
         return app(environ, start_response)
 
@@ -219,6 +221,14 @@ def psycopg_waits_cooperatively() -> bool:
     from psycopg import waiting
 
     return waiting.wait is not getattr(waiting, "wait_c", None)
+
+
+def _header(req: Any, name: str) -> str | None:
+    """A header of a request gunicorn parsed (before it failed), if it got that far."""
+    for key, value in getattr(req, "headers", None) or ():
+        if key.lower() == name.lower():
+            return value
+    return None
 
 
 class ApiWorker(GeventWorker):
@@ -260,9 +270,12 @@ class ApiWorker(GeventWorker):
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         """gunicorn's answer to a request it could not parse (or serve), in the envelope."""
         page = _Page()
-        super().handle_error(req, page, addr, exc)  # gunicorn logs it and picks the status
+        request_id = logs.sane_request_id(_header(req, logs.REQUEST_ID_HEADER))
+        with logs.context(request_id=request_id):
+            super().handle_error(req, page, addr, exc)  # gunicorn logs it and picks the status
         try:
-            util.write_nonblock(client, error_response(server_error(page.status, exc, self.cfg)))
+            util.write_nonblock(client, error_response(server_error(page.status, exc, self.cfg),
+                                                       request_id))
         except OSError:
             self.log.debug("could not send the error answer")
         util.close_graceful(client)

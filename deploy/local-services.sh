@@ -2,7 +2,8 @@
 # Bring up every local service the imagejobs tests and `make run` need:
 # PostgreSQL, Redis, two Docker engines, two registries and the base image,
 # installing the Debian packages that are missing (python3-venv too, for the
-# project's virtualenv). imagejobs gets a database role and a database of its
+# project's virtualenv; for the tests' run, docker-compose and
+# prometheus as well). imagejobs gets a database role and a database of its
 # own; the role's password is kept in /etc/imagejobs/imagejobs.env (root only),
 # which imagejobs reads.
 #
@@ -328,9 +329,15 @@ ensure_packages() {
     if ((WITH_ENGINE_B)); then
         command -v docker-compose >/dev/null || missing+=(docker-compose)
     fi
-    ((${#missing[@]} == 0)) && return
+    # ... and checks /metrics with promtool and a Prometheus server of its own, which needs
+    # nothing the package recommends.
+    local lean=()
+    if ((WITH_ENGINE_B)); then
+        [[ -x /usr/bin/promtool && -x /usr/bin/prometheus ]] || lean+=(prometheus)
+    fi
+    ((${#missing[@]} + ${#lean[@]} == 0)) && return
 
-    log "installing ${missing[*]}"
+    log "installing ${missing[*]} ${lean[*]}"
     # The packages would start their own daemons with Debian's settings (dockerd
     # without the mirror, a registry open on every interface); this script starts
     # each service itself, as below, so none may start during the install.
@@ -342,8 +349,14 @@ ensure_packages() {
         chmod 0755 "$policy"
     fi
     apt-get update -qq || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" ||
-        die "apt-get install ${missing[*]} failed"
+    if ((${#missing[@]})); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" ||
+            die "apt-get install ${missing[*]} failed"
+    fi
+    if ((${#lean[@]})); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${lean[@]}" ||
+            die "apt-get install ${lean[*]} failed"
+    fi
     if ((made_policy)); then
         rm -f "$policy"
     fi
@@ -354,6 +367,10 @@ ensure_packages() {
     fi
     if [[ " ${missing[*]} " == *" docker.io "* ]]; then
         disable_at_boot docker docker.service docker.socket
+    fi
+    # The tests start a Prometheus of their own; Debian's would listen on every interface.
+    if [[ " ${lean[*]} " == *" prometheus "* ]]; then
+        disable_at_boot prometheus prometheus.service
     fi
 }
 

@@ -118,6 +118,7 @@ def get(path: str, aims_at: str) -> Probe:
 
 MATRIX: dict[tuple[str, str], Endpoint] = {
     ("GET", "/v1/health"): PUBLIC,
+    ("GET", "/v1/ready"): PUBLIC,
     ("GET", "/v1/openapi.json"): PUBLIC,
     ("GET", SOURCES): Endpoint(
         "key", "images-sources-view", 200, lambda h: Call("get", SOURCES), (

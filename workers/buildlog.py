@@ -13,8 +13,10 @@ import threading
 
 from sqlalchemy import text
 
+from app import logs
 from app.config import get_settings
 from app.db import transaction
+from app.jobs import counters
 from app.jobs.engine import Claim
 
 log = logging.getLogger("imagejobs.buildlog")
@@ -42,7 +44,9 @@ class BuildLogWriter:
         self._partial = ""
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._flush_forever, name="build-log", daemon=True)
+        # Run in the job's log context: its lines carry the job's fields.
+        self._thread = threading.Thread(target=logs.current().run, args=(self._flush_forever,),
+                                        name="build-log", daemon=True)
         self.flushes = 0
 
     def __enter__(self) -> BuildLogWriter:
@@ -89,9 +93,12 @@ class BuildLogWriter:
         if not chunk:
             return
         with transaction() as session:
-            session.execute(_APPEND, {"chunk": chunk, "truncated": truncated,
-                                      "image_id": self.image_id, "job_id": self.claim.job_id,
-                                      "attempt": self.claim.attempt})
+            appended = session.execute(_APPEND, {
+                "chunk": chunk, "truncated": truncated, "image_id": self.image_id,
+                "job_id": self.claim.job_id, "attempt": self.claim.attempt}).rowcount
+            if appended:  # bytes as Postgres stores them (UTF-8)
+                counters.add(session, counters.BUILD_LOG_BYTES, self.claim.action,
+                             len(chunk.encode()))
         self.flushes += 1
 
     def _flush_forever(self) -> None:

@@ -1,15 +1,24 @@
-"""The workers' Celery app: shared settings, the task modules, and the sweeper thread."""
+"""The workers' Celery app: shared settings, the task modules, the sweeper and announcer threads."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import threading
+from typing import Any, TextIO
 
-from celery.signals import worker_ready, worker_shutdown
+import redis
+from celery.apps import worker as celery_worker
+from celery.signals import setup_logging, worker_ready, worker_shutdown
 
+from app import logs
 from app.config import check_service, get_settings
+from app.jobs import consumers
 from app.jobs.engine import sweep
 from app.jobs.queueing import make_celery
+from workers.runner import worker_name
 from workers.uploads import sweep_uploads
 
 log = logging.getLogger("imagejobs.sweeper")
@@ -21,6 +30,26 @@ celery.conf.include = ["workers.tasks.imports", "workers.tasks.deletes", "worker
 celery.set_default()
 
 _stop_sweeping = threading.Event()
+
+
+def _json_logs(loglevel: int, **_: object) -> None:
+    logs.configure(loglevel)
+
+
+def _say_as_json(message: str, stream: TextIO = sys.__stderr__) -> None:
+    """Celery's shutdown notices as JSON lines. Celery writes them itself, from a signal handler,
+    with a bare os.write (no lock the interrupted code may hold): so does this."""
+    record = logging.LogRecord("celery.apps.worker", logging.WARNING, __file__, 0, message,
+                               None, None)
+    os.write(stream.fileno(), (logs.JsonFormatter().format(record) + "\n").encode())
+
+
+if get_settings().log_format == "json":
+    # Now already: Celery warns (running as root, say) before it sets logging up.
+    logs.configure()
+    # A receiver replaces Celery's own logging setup: its lines and the tasks' go through ours.
+    setup_logging.connect(_json_logs)
+    celery_worker.safe_say = _say_as_json
 
 
 def _sweep_forever() -> None:
@@ -35,11 +64,42 @@ def _sweep_forever() -> None:
             log.warning("sweep failed", exc_info=True)
 
 
+def _announce_forever(consumer: Any) -> None:
+    """Say which queues this worker consumes (app/jobs/consumers.py), every sweep interval.
+
+    A thread apart from the sweeper's, so that a long sweep does not make the worker look gone.
+    """
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    name = worker_name()
+    while True:
+        try:
+            # None while the consumer reconnects: then it consumes nothing, and says so.
+            task_consumer = consumer.task_consumer
+            queues = [queue.name for queue in task_consumer.queues] if task_consumer else []
+            consumers.announce(client, name, queues, ttl_seconds=3 * settings.sweep_seconds)
+        except redis.RedisError:  # the broker is away: the announcement lapses, as it should
+            log.debug("could not announce the queues this worker consumes", exc_info=True)
+        if _stop_sweeping.wait(settings.sweep_seconds):
+            break
+    with contextlib.suppress(redis.RedisError):
+        consumers.withdraw(client, name)
+
+
+_announcer: threading.Thread | None = None
+
+
 @worker_ready.connect
-def _start_sweeper(**_: object) -> None:
+def _start_sweeper(sender: Any, **_: object) -> None:
+    global _announcer
     threading.Thread(target=_sweep_forever, name="sweeper", daemon=True).start()
+    _announcer = threading.Thread(target=_announce_forever, args=(sender,), name="announcer",
+                                  daemon=True)
+    _announcer.start()
 
 
 @worker_shutdown.connect
 def _stop_sweeper(**_: object) -> None:
     _stop_sweeping.set()
+    if _announcer is not None:  # its last act withdraws this worker's announcement
+        _announcer.join(timeout=5)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
+from app import logs
 from app.config import get_settings
 from app.jobs import engine as jobs
 from app.jobs.engine import Claim, LeaseLost
@@ -67,8 +68,12 @@ class _LeaseKeeper(threading.Thread):
         self.claim = claim
         self.stopped = threading.Event()
         self.lost = False
+        self.log_context = logs.current()  # its lines belong to the job too
 
     def run(self) -> None:
+        self.log_context.run(self._renew_until_stopped)
+
+    def _renew_until_stopped(self) -> None:
         interval = max(1.0, get_settings().lease_seconds / 3)
         while not self.stopped.wait(interval):
             try:
@@ -83,11 +88,22 @@ class _LeaseKeeper(threading.Thread):
 
 
 def run(job_id: str, handler: Callable[[JobRun], None]) -> None:
-    """Claim `job_id` and run `handler`; a job that is not ours (any more) is left alone."""
-    claim = jobs.claim(job_id, worker_name())
-    if claim is None:
-        log.info("job %s: not claimable (already running, finished, or expired)", job_id)
-        return
+    """Claim `job_id` and run `handler`; a job that is not ours (any more) is left alone.
+
+    Every line logged meanwhile, by this worker or a library, carries the job's id, hub, attempt
+    and node (the JSON log format shows them).
+    """
+    with logs.context(job_id=job_id, node_id=get_settings().node_id):
+        claim = jobs.claim(job_id, worker_name())
+        if claim is None:
+            log.info("job %s: not claimable (already running, finished, or expired)", job_id)
+            return
+        with logs.context(hub_id=claim.hub_id, attempt=claim.attempt):
+            _run_claimed(claim, handler)
+
+
+def _run_claimed(claim: Claim, handler: Callable[[JobRun], None]) -> None:
+    job_id = claim.job_id
     log.info("job %s: claimed (%s, attempt %d)", job_id, claim.action, claim.attempt)
     keeper = _LeaseKeeper(claim)
     keeper.start()

@@ -8,6 +8,7 @@ lapsed (it froze, or lost the database) can no longer change the job or what it 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import app.models  # noqa: F401  (the job engine touches every domain's tables)
 from app.config import get_settings
 from app.db import rfc3339, transaction, utcnow
 from app.images.models import IMPORTING, TRANSITIONAL, Image, ImageState
-from app.jobs import services
+from app.jobs import counters, services
 from app.jobs.models import JOB_STATES, Job, JobState
 from app.sources.models import ImageSource, SourceState
 
@@ -38,6 +39,7 @@ class Claim:
     job_id: str
     attempt: int
     action: str
+    hub_id: str | None = None
 
 
 def claim(job_id: str, owner: str) -> Claim | None:
@@ -60,7 +62,7 @@ def claim(job_id: str, owner: str) -> Claim | None:
         job = session.get(Job, job_id)
         assert job is not None
         _set_task(job, state="running", started=True)
-        return Claim(job_id=job_id, attempt=row.attempt, action=row.action)
+        return Claim(job_id=job_id, attempt=row.attempt, action=row.action, hub_id=job.hub_id)
 
 
 def renew(claim: Claim) -> bool:
@@ -211,6 +213,7 @@ def retry_later(session: Session, job: Job, message: str, delay_seconds: float) 
     job.lease_owner = job.lease_expires = job.published_at = None
     _set_task(job, state="pending", error=message)
     _release_subject(session, job, message)
+    counters.add(session, counters.RETRY, job.action)
 
 
 def _release_subject(session: Session, job: Job, message: str) -> None:
@@ -292,6 +295,7 @@ def sweep() -> SweepReport:
     report = SweepReport()
     to_publish: list[Job] = []
     requeued: list[Job] = []
+    lapsed: Counter[tuple[str, str]] = Counter()
     with holding_locks() as session:
         if not take_sweep_lock(session):
             return report
@@ -304,6 +308,7 @@ def sweep() -> SweepReport:
                 fail(session, job, f"The job was given up after {job.attempt} attempts: each "
                      "time, the worker running it stopped responding (it crashed, was killed, "
                      "or lost its connection).")
+                lapsed[counters.LEASE_ABANDONED, job.action] += 1
                 report.abandoned += 1
             else:
                 log.warning("job %s: lease of %s lapsed on attempt %d; queueing it again",
@@ -315,8 +320,11 @@ def sweep() -> SweepReport:
                 # What it worked on rests until the next attempt picks it up again.
                 _release_subject(session, job, f"The worker running attempt {job.attempt} "
                                  "stopped responding; the job was queued again.")
+                lapsed[counters.LEASE_REQUEUED, job.action] += 1
                 requeued.append(job)
                 report.requeued += 1
+        for (event, action), number in sorted(lapsed.items()):
+            counters.add(session, event, action, number)
         stale = now - timedelta(seconds=settings.republish_seconds)
         orphaned = now - timedelta(seconds=settings.publish_grace_seconds)
         unpublished = Job.published_at.is_(None) & (Job.state_changed < orphaned)
@@ -328,7 +336,9 @@ def sweep() -> SweepReport:
             fresh = session.get(Job, job.id)
             if fresh is not None and fresh.state == JobState.QUEUED:
                 fresh.published_at = None
-                report.published += services.publish(session, fresh)
+                if services.publish(session, fresh):
+                    counters.add(session, counters.SWEEPER_PUBLISHED, fresh.action)
+                    report.published += 1
     return report
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, String, text
+from sqlalchemy import BigInteger, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
@@ -87,3 +87,18 @@ class Job(Base):
         if state in JOB_STATES.final:
             self.completed_at = self.state_changed
             self.lease_owner = self.lease_expires = None
+
+
+class EventCount(Base):
+    """How often something happened to jobs that their rows do not keep (a retry, a lapsed lease,
+    a message the sweeper sent, build-log bytes written), by action, for /metrics.
+
+    Added to in the transaction that records the event, so a count is as durable as the event and
+    outlives restarts and broker flushes; counts only grow.
+    """
+
+    __tablename__ = "job_event_counts"
+
+    event: Mapped[str] = mapped_column(String(64), primary_key=True)
+    action: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)

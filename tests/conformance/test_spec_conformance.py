@@ -68,6 +68,10 @@ DELIBERATE_DIFFERENCES: tuple[Difference, ...] = (
         reason="An operational health check for load balancers and `make run`, outside Cycle's "
                "API."),
     Difference(
+        "extra-route", "GET /v1/ready", spec="not in the extract", api="served",
+        reason="Readiness for load balancers and Kubernetes probes (Postgres and Redis reached), "
+               "outside Cycle's API."),
+    Difference(
         "error-code", "405.method-not-allowed", spec="not in Error.yml's code enum, and 405 not "
         "in its status enum", api="405 {error: {status: 405, code: 405.method-not-allowed}}",
         reason="DESIGN.md: no request, however malformed, gets an HTML page; the spec has no "

@@ -25,6 +25,7 @@ from app.config import get_settings
 from app.db import utcnow
 from app.images.imagetar import read_image_tar
 from app.images.models import BuildLog, Image, ImageState, engine_tag
+from app.jobs import counters
 from app.jobs import engine as jobs
 from app.sources.origins import (
     DOCKER_HUB,
@@ -239,6 +240,7 @@ def _open_build_log(session, image: Image, attempt: int) -> int:
     build_log = session.scalar(select(BuildLog).where(BuildLog.image_id == image.id)
                                .with_for_update())
     header = f"[imagejobs: build attempt {attempt} on node {get_settings().node_id}]\n"
+    counters.add(session, counters.BUILD_LOG_BYTES, "image.import", len(header.encode()))
     if build_log is None:
         session.add(BuildLog(hub_id=image.hub_id, image_id=image.id, log=header))
         return len(header)
