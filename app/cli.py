@@ -187,7 +187,11 @@ def worker(queues: str | None, concurrency: int) -> None:
 @click.option("--queue", default=None, help="The queue to probe (default: this node's own).")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait.")
 def health(queue: str | None, timeout: float) -> None:
-    """Send a canary through the broker; exit 0 once a worker consumed it, 1 if none did."""
+    """Send a canary through the broker; exit 0 once a worker consumed it, 1 if none did.
+
+    A worker of this host whose every slot runs a job takes no message until one ends, however
+    long a build takes: when it answers the broker and says so, it is healthy too (exit 0).
+    """
     import secrets as random_tokens
 
     import redis
@@ -212,9 +216,46 @@ def health(queue: str | None, timeout: float) -> None:
             time.sleep(0.1)
     finally:
         client.close()
+    busy = _busy_workers_here(queue)
+    if busy:
+        click.echo(f"healthy: {busy} answered the broker with every slot running a job; the "
+                   f"canary on {queue} waits for a free one")
+        return
     click.echo(f"unhealthy: no worker consumed the canary on {queue} within {timeout:g} s",
                err=True)
     sys.exit(1)
+
+
+def _busy_workers_here(queue: str, seconds: float = 1.5) -> str | None:
+    """The names of this host's workers consuming `queue`, when each answers a remote-control
+    request and runs as many jobs as it has pool processes; None if any is idle, or none answers.
+
+    The request is matched by the workers (their `--hostname`, see worker_command), so only this
+    node's workers on this host answer.
+    """
+    import re
+    import socket
+
+    from app.jobs.queueing import producer
+
+    here = re.escape(f"imagejobs@{get_settings().node_id}-{socket.gethostname()}-") + r"\d+"
+    inspect = producer().control.inspect(timeout=seconds, pattern=here, matcher="pcre")
+    try:
+        consuming = {name for name, queues in (inspect.active_queues() or {}).items()
+                     if any(q.get("name") == queue for q in queues)}
+        active = inspect.active() or {}
+        stats = inspect.stats() or {}
+    except Exception as exc:  # the broker is away: nothing says the workers are busy
+        click.echo(f"could not ask this host's workers whether they are busy: "
+                   f"{type(exc).__name__}", err=True)
+        return None
+    if not consuming:
+        return None
+    for name in consuming:
+        slots = (stats.get(name) or {}).get("pool", {}).get("max-concurrency")
+        if not slots or len(active.get(name) or ()) < slots:
+            return None
+    return ", ".join(sorted(consuming))
 
 
 @main.command("secret-key")

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import TEST_DATABASE
+from tests.conftest import ROOT, TEST_DATABASE
 from tests.processes import ApiClient, api_server, imagejobs, own_database
 from tests.servers import FileServer
 from tests.support import children, dockerfile_context
@@ -26,9 +28,10 @@ TICKS = 40  # one line every 0.2 s, each with the second it was printed at
 
 
 class Stack(ApiClient):
-    def __init__(self, base: str, headers: dict[str, str], worker_pid: int, files: FileServer):
+    def __init__(self, base: str, headers: dict[str, str], env: dict[str, str], worker_pid: int,
+                 files: FileServer):
         super().__init__(base, headers)
-        self.worker_pid, self.files = worker_pid, files
+        self.env, self.worker_pid, self.files = env, worker_pid, files
 
     def build(self, ticks: int = TICKS) -> tuple[str, str]:
         """Start the import of a build printing `ticks` lines; (image id, job id)."""
@@ -70,7 +73,7 @@ def stack(docker_client) -> Iterator[Stack]:
         while "ready." not in log.read_text():
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
-        yield Stack(base, headers, worker.pid, files)
+        yield Stack(base, headers, env, worker.pid, files)
         assert worker.poll() is None, "the worker's main process died"
     files.close()
 
@@ -119,3 +122,32 @@ def test_a_job_that_kills_its_worker_every_time_ends_in_error_and_the_pool_works
     job = stack.wait_for(lambda: (j := stack.job(healthy_job))["state"]["current"] not in (
         "queued", "running") and j, "a build after the crashes")
     assert job["state"]["current"] == "completed", job
+
+
+def health(stack: Stack, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", "health", "--queue", "imagejobs-build",
+                           "--timeout", str(timeout)], capture_output=True, text=True, cwd=ROOT,
+                          env=stack.env, timeout=60)
+
+
+def test_a_worker_whose_only_slot_runs_a_long_build_is_healthy_and_frozen_it_is_not(stack):
+    """A liveness probe must not restart a worker for running a long build, nor spare a hung one."""
+    image_id, job_id = stack.build(ticks=100)
+    stack.wait_for(lambda: "tick 3 " in stack.log(image_id), "the build to print")
+
+    busy = health(stack, timeout=2)
+    assert busy.returncode == 0, busy.stdout + busy.stderr
+    assert "every slot running a job" in busy.stdout
+
+    os.kill(stack.worker_pid, signal.SIGSTOP)  # its build goes on in the pool child
+    try:
+        frozen = health(stack, timeout=2)
+    finally:
+        os.kill(stack.worker_pid, signal.SIGCONT)
+    assert frozen.returncode == 1 and "unhealthy" in frozen.stderr, frozen.stdout
+
+    job = stack.wait_for(lambda: (j := stack.job(job_id))["state"]["current"] not in (
+        "queued", "running") and j, "the build to end", timeout=120)
+    assert job["state"]["current"] == "completed", job
+    free = health(stack, timeout=15)
+    assert free.returncode == 0 and "consumed the canary" in free.stdout, free.stderr
