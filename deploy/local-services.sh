@@ -2,8 +2,8 @@
 # Bring up every local service the imagejobs tests and `make run` need:
 # PostgreSQL, Redis, two Docker engines, two registries and the base image,
 # installing the Debian packages that are missing (python3-venv too, for the
-# project's virtualenv; for the tests' run, docker-compose and
-# prometheus as well). imagejobs gets a database role and a database of its
+# project's virtualenv; for the tests' run, docker-compose, prometheus and
+# kubernetes-client as well). imagejobs gets a database role and a database of its
 # own; the role's password is kept in /etc/imagejobs/imagejobs.env (root only),
 # which imagejobs reads.
 #
@@ -329,11 +329,12 @@ ensure_packages() {
     if ((WITH_ENGINE_B)); then
         command -v docker-compose >/dev/null || missing+=(docker-compose)
     fi
-    # ... and checks /metrics with promtool and a Prometheus server of its own, which needs
-    # nothing the package recommends.
+    # ... and checks /metrics with promtool and a Prometheus server of its own, and renders
+    # deploy/kubernetes with kubectl kustomize. Neither needs what these packages recommend.
     local lean=()
     if ((WITH_ENGINE_B)); then
         [[ -x /usr/bin/promtool && -x /usr/bin/prometheus ]] || lean+=(prometheus)
+        command -v kubectl >/dev/null || lean+=(kubernetes-client)
     fi
     ((${#missing[@]} + ${#lean[@]} == 0)) && return
 
