@@ -17,6 +17,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
+import app.images.lifecycle  # noqa: F401  (this test runs image jobs as a worker does)
+import app.sources.lifecycle  # noqa: F401
 from app.db import transaction, utcnow
 from app.jobs import engine
 from app.jobs.engine import LeaseLost
@@ -27,7 +29,7 @@ from tests.conftest import Tenant
 IDLE_QUEUE = "imagejobs-test-idle"
 
 
-def new_job(tenant: Tenant, action: str = "test.noop", subject_id: str | None = None,
+def new_job(tenant: Tenant, action: str = "images.prune", subject_id: str | None = None,
             task_input: dict | None = None) -> str:
     with transaction() as session:
         job = create_job(session, hub_id=tenant.hub_id, creator={"id": tenant.key_id,

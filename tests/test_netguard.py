@@ -26,7 +26,7 @@ from tests.helpers import assert_failed, get_image, image_from, import_and_wait,
 from tests.servers import FileServer, GitServer, Revision
 from tests.support import dockerfile_context
 from workers import netguard
-from workers.context import ContextError, RepoSpec, _pinned, clone, download
+from workers.context import RepoSpec, _pinned, clone, download
 from workers.netguard import AddressRefused, PinnedAdapter, check_address, check_host
 
 REFUSED = ["10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "127.0.0.2", "0.0.0.0",
@@ -84,7 +84,7 @@ def test_addresses_carrying_a_public_ipv4_address_pass(address):
 
 
 def test_a_6to4_host_of_a_loopback_address_is_not_fetched(tmp_path):
-    with open(tmp_path / "context.tar.gz", "w+b") as into, pytest.raises(ContextError) as refused:
+    with open(tmp_path / "context.tar.gz", "w+b") as into, pytest.raises(AddressRefused) as refused:
         download("http://[2002:7f00:2::]:9/ctx.tar.gz", into)
 
     assert "2002:7f00:2::" in refused.value.message

@@ -13,6 +13,7 @@ import redis
 from celery.apps import worker as celery_worker
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 
+import app.models  # noqa: F401  (every model, so that foreign keys between domains resolve)
 from app import logs
 from app.config import check_service, get_settings
 from app.jobs import consumers

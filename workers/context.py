@@ -34,16 +34,12 @@ import requests
 from app.archives import ArchiveRefused, LinkTree, checked_name, open_tar
 from app.config import get_settings
 from workers.deadline import Deadline
-from workers.netguard import AddressRefused, IPAddress, PinnedAdapter, check_host
+from workers.faults import JobFailed
+from workers.netguard import IPAddress, PinnedAdapter, check_host
 
 
-class ContextError(Exception):
+class ContextError(JobFailed):
     """The context cannot be had or is refused; `message` says why, for the person who asked."""
-
-    def __init__(self, message: str, *, transient: bool = False):
-        super().__init__(message)
-        self.message = message
-        self.transient = transient
 
 
 @contextlib.contextmanager
@@ -260,7 +256,7 @@ def _check_url(url: str) -> list[IPAddress]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ContextError(f"`{redact(url)}` is not an http:// or https:// URL.")
-    return check_reachable(parts.hostname, parts.port)
+    return check_host(parts.hostname, parts.port)
 
 
 def _get(url: str, addresses: list[IPAddress], timeout: tuple[float, float],
@@ -291,14 +287,6 @@ def _get_from(address: IPAddress, url: str, timeout: tuple[float, float],
         return session.get(url, stream=True, timeout=timeout, allow_redirects=False)
 
 
-def check_reachable(host: str, port: int | None = None) -> list[IPAddress]:
-    """The addresses `host` may be reached at (see `check_host`), or a ContextError."""
-    try:
-        return check_host(host, port)
-    except AddressRefused as exc:
-        raise ContextError(exc.message, transient=exc.transient) from None
-
-
 @dataclass(frozen=True)
 class RepoSpec:
     url: str
@@ -322,7 +310,7 @@ def clone(repo: RepoSpec, scratch: Path) -> Path:
     settings = get_settings()
     target = scratch / "checkout"
     host, port = _repo_host(repo.url)
-    url, pinning, ssh_options = _pinned(repo.url, host, port, check_reachable(host, port))
+    url, pinning, ssh_options = _pinned(repo.url, host, port, check_host(host, port))
     env = _git_environment(repo, scratch, ssh_options)
     git = _Git(repo, env, scratch, ["-c", "credential.helper=",
                                     # A redirect could lead past the host check above.

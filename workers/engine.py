@@ -19,7 +19,7 @@ from docker.utils import parse_repository_tag
 
 from app.config import get_settings
 from workers.deadline import Deadline
-from workers.runner import JobFailed
+from workers.faults import JobFailed
 
 
 class EngineError(JobFailed):

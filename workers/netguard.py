@@ -22,6 +22,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 
 from app.config import get_settings
 from workers.deadline import Deadline
+from workers.faults import JobFailed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -37,11 +38,8 @@ _ALWAYS_INTERNAL = [ipaddress.ip_network(n) for n in (
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-class AddressRefused(Exception):
-    def __init__(self, message: str, *, transient: bool = False):
-        super().__init__(message)
-        self.message = message
-        self.transient = transient
+class AddressRefused(JobFailed):
+    """A host a user named resolves to an address outside IMAGEJOBS_ALLOWED_NETWORKS."""
 
 
 def allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

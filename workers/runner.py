@@ -20,21 +20,9 @@ from app.config import get_settings
 from app.jobs import engine as jobs
 from app.jobs.engine import Claim, LeaseLost
 from app.jobs.models import Job
+from workers.faults import JobFailed
 
 log = logging.getLogger("imagejobs.worker")
-
-
-class JobFailed(Exception):
-    """This attempt failed; `message` says why, in words for the person who asked.
-
-    A `transient` fault (a registry or engine away, a timeout) is tried again later, a bounded
-    number of times; any other is final.
-    """
-
-    def __init__(self, message: str, *, transient: bool = False):
-        super().__init__(message)
-        self.message = message
-        self.transient = transient
 
 
 def worker_name() -> str:

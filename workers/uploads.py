@@ -21,6 +21,7 @@ from sqlalchemy import select
 from app.config import get_settings
 from app.db import transaction
 from app.images.models import Image
+from app.jobs.actions import Action
 from app.jobs.models import Job, JobState
 
 log = logging.getLogger("imagejobs.sweeper")
@@ -48,7 +49,7 @@ def sweep_uploads() -> int:
         settled = set(session.scalars(select(Image.id).where(Image.id.in_(known))
                                       .with_for_update(read=True, skip_locked=True)))
         importing = set(session.scalars(select(Job.subject_id).where(
-            Job.subject_id.in_(settled), Job.action == "image.import",
+            Job.subject_id.in_(settled), Job.action == Action.IMAGE_IMPORT,
             Job.state.in_(_UNFINISHED))))
         for image_id, path, is_part in found:
             age = now - _mtime(path, now)

@@ -22,6 +22,7 @@ from app.images.imagetar import BrokenTar, read_image_tar
 from app.images.models import TRANSITIONAL, BuildLog, Image, ImageState
 from app.images.schemas import ImageCreate
 from app.jobs import queueing
+from app.jobs.actions import Action
 from app.jobs.models import Job
 from app.jobs.services import NewTask, create_job
 from app.sources.models import ImageSource, SourceState
@@ -120,7 +121,7 @@ def import_image(session: Session, hub_id: str, creator: dict[str, str], image_i
 
 def _import_job(session: Session, image: Image, creator: dict[str, str], queue: str,
                 task_input: dict[str, str]) -> Job:
-    return create_job(session, hub_id=image.hub_id, creator=creator, action="image.import",
+    return create_job(session, hub_id=image.hub_id, creator=creator, action=Action.IMAGE_IMPORT,
                       queue=queue, caption=f"Import image {image.name}", subject_id=image.id,
                       task=NewTask(header="import", caption="Import image", input=task_input))
 
@@ -206,7 +207,7 @@ def queue_delete(session: Session, image: Image, creator: dict[str, str],
     """A delete job, on the queue of the node whose engine holds the image."""
     queue = (queueing.node_queue(image.factory_node_id) if image.factory_node_id
              else queueing.MAINTENANCE_QUEUE)
-    return create_job(session, hub_id=image.hub_id, creator=creator, action="image.delete",
+    return create_job(session, hub_id=image.hub_id, creator=creator, action=Action.IMAGE_DELETE,
                       queue=queue, caption=f"Delete image {image.name}", subject_id=image.id,
                       task=NewTask(header="delete", caption="Delete image", input=task_input),
                       parent_id=parent_id)
@@ -222,7 +223,7 @@ def prune_images(session: Session, hub_id: str, creator: dict[str, str], source_
         except errors.SourceNotFound as exc:
             exc.source = f"/contents/source_ids/{source_ids.index(source_id)}"
             raise
-    return create_job(session, hub_id=hub_id, creator=creator, action="images.prune",
+    return create_job(session, hub_id=hub_id, creator=creator, action=Action.IMAGES_PRUNE,
                       queue=queueing.MAINTENANCE_QUEUE,
                       caption=f"Prune the images of {len(wanted)} source(s)"
                               + (" (dry run)" if dry_run else ""), subject_id=None,

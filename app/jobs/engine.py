@@ -17,13 +17,10 @@ from datetime import timedelta
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-import app.models  # noqa: F401  (the job engine touches every domain's tables)
 from app.config import get_settings
 from app.db import rfc3339, transaction, utcnow
-from app.images.models import IMPORTING, TRANSITIONAL, Image, ImageState
-from app.jobs import counters, services
+from app.jobs import counters, kinds, services
 from app.jobs.models import JOB_STATES, Job, JobState
-from app.sources.models import ImageSource, SourceState
 
 log = logging.getLogger("imagejobs.jobs")
 
@@ -179,30 +176,10 @@ def _fan_in(session: Session, parent: Job) -> None:
                                     or f"kept: {child.error_message}")
     if pending:
         _set_task(parent, state="running", output=output)
-    elif parent.action == "source.delete":
-        _finish_source_deletion(session, parent, output)
-    else:
-        complete(session, parent, {**output, "summary": summary(output, parent.input)})
-
-
-def _finish_source_deletion(session: Session, job: Job, outcome: dict[str, str]) -> None:
-    kept = {k: v for k, v in outcome.items() if not v.startswith(("removed", "already deleted"))}
-    if kept:
-        fail(session, job, f"The source was not deleted: {len(kept)} of its images remain ("
-             + "; ".join(f"{k}: {v}" for k, v in sorted(kept.items())) + ").")
         return
-    source = session.get(ImageSource, job.subject_id, with_for_update=True)
-    if source.state == SourceState.LIVE:  # an earlier attempt's fault put it back
-        source.move_to(SourceState.DELETING)
-    if source.state != SourceState.DELETED:
-        source.move_to(SourceState.DELETED)
-    complete(session, job, {**outcome, "summary": summary(outcome, job.input)})
-
-
-def summary(outcome: dict[str, str], task_input: dict) -> str:
-    removed = sum(1 for v in outcome.values() if v in ("removed", "would be removed"))
-    verb = "would be removed" if task_input.get("dry_run") else "removed"
-    return f"{removed} image(s) {verb}, {len(outcome) - removed} kept"
+    children_ended = kinds.of(parent.action).children_ended
+    assert children_ended is not None, f"{parent.action} jobs have no children"
+    children_ended(session, parent, output)
 
 
 def retry_later(session: Session, job: Job, message: str, delay_seconds: float) -> None:
@@ -217,28 +194,9 @@ def retry_later(session: Session, job: Job, message: str, delay_seconds: float) 
 
 
 def _release_subject(session: Session, job: Job, message: str) -> None:
-    if job.subject_id is None:
-        return
-    if job.action.startswith("image."):
-        image = session.get(Image, job.subject_id, with_for_update=True)
-        # An image another job is working on (a delete, while a stale import gives up) is that
-        # job's to release; this one leaves it alone.
-        if image is not None and image.state != ImageState.DELETED and (
-                image.state in _states_held(job) or image.state not in TRANSITIONAL):
-            image.fail(message)
-    elif job.action.startswith("source."):
-        source = session.get(ImageSource, job.subject_id, with_for_update=True)
-        if source is not None and source.state == SourceState.DELETING:
-            source.move_to(SourceState.LIVE, error=message)
-
-
-def _states_held(job: Job) -> frozenset[ImageState]:
-    """The in-between states the work of this job puts its image in: the only ones it undoes."""
-    if job.action == "image.import":
-        return IMPORTING
-    if job.action == "image.delete" and not job.input.get("dry_run"):
-        return frozenset({ImageState.DELETING})
-    return frozenset()
+    """Put what the job worked on back at rest, as its kind says (app/jobs/kinds.py)."""
+    if job.subject_id is not None:
+        kinds.of(job.action).release(session, job, message)
 
 
 _KEEP = object()  # leave the task's error as it is

@@ -11,6 +11,7 @@ from functools import cache
 from celery import Celery
 
 from app.config import Settings, get_settings
+from app.jobs.actions import Action
 
 log = logging.getLogger("imagejobs.queueing")
 
@@ -23,10 +24,6 @@ SHARED_QUEUES = (PULL_QUEUE, BUILD_QUEUE, MAINTENANCE_QUEUE)
 def node_queue(node_id: str) -> str:
     """The queue only the worker(s) of one node consume: work on images that node holds."""
     return f"imagejobs-node-{node_id}"
-
-
-def task_name(action: str) -> str:
-    return f"imagejobs.{action}"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -80,7 +77,7 @@ def producer() -> Celery:
 def publish(action: str, job_id: str, queue: str) -> bool:
     """Send the job's message; False if the broker could not take it (the sweeper will retry)."""
     try:
-        producer().send_task(task_name(action), args=[job_id], queue=queue, retry=True)
+        producer().send_task(Action(action).task_name, args=[job_id], queue=queue, retry=True)
     except Exception as exc:  # the broker is down: the job row is safe, publishing is retried
         log.warning("could not publish job %s to %s: %s", job_id, queue, type(exc).__name__)
         return False

@@ -13,6 +13,7 @@ from app.db import is_id, like_pattern
 from app.filters import by_state
 from app.images.models import Image, ImageState
 from app.jobs import queueing
+from app.jobs.actions import Action
 from app.jobs.models import Job
 from app.jobs.services import NewTask, create_job
 from app.sources.models import ImageSource, SourceState
@@ -153,7 +154,7 @@ def delete_source(session: Session, hub_id: str, creator: dict[str, str], source
     source = get_source(session, hub_id, source_id, lock=True)
     if source.state == SourceState.DELETED:
         raise errors.InvalidState("The image source is already deleted.")
-    job = create_job(session, hub_id=hub_id, creator=creator, action="source.delete",
+    job = create_job(session, hub_id=hub_id, creator=creator, action=Action.SOURCE_DELETE,
                      queue=queueing.MAINTENANCE_QUEUE, caption=f"Delete image source {source.name}",
                      subject_id=source.id,
                      task=NewTask(header="delete", caption="Delete image source",

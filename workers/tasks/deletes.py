@@ -10,14 +10,17 @@ from __future__ import annotations
 from celery import shared_task
 
 from app.config import get_settings
+from app.images import lifecycle  # noqa: F401  (registers the image job kinds)
 from app.images.models import Image, ImageState
 from app.images.services import upload_path
 from app.jobs import engine as jobs
+from app.jobs.actions import Action
 from workers.engine import Engine
-from workers.runner import JobFailed, JobRun, run
+from workers.faults import JobFailed
+from workers.runner import JobRun, run
 
 
-@shared_task(name="imagejobs.image.delete")
+@shared_task(name=Action.IMAGE_DELETE.task_name)
 def delete_image(job_id: str) -> None:
     run(job_id, _delete)
 

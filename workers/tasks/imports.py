@@ -23,10 +23,12 @@ from app import vault
 from app.archives import ArchiveRefused
 from app.config import get_settings
 from app.db import utcnow
+from app.images import lifecycle  # noqa: F401  (registers the image job kinds)
 from app.images.imagetar import read_image_tar
 from app.images.models import BuildLog, Image, ImageState, engine_tag
 from app.jobs import counters
 from app.jobs import engine as jobs
+from app.jobs.actions import Action
 from app.sources.origins import (
     DOCKER_HUB,
     DOCKER_HUB_NAMES,
@@ -49,15 +51,16 @@ from workers.context import (
 )
 from workers.dockerfile import refuse_remote_sources
 from workers.engine import BuildFailed, Engine, EngineError, RegistryAuth
-from workers.netguard import AddressRefused, check_host
-from workers.runner import JobFailed, JobRun, run
+from workers.faults import JobFailed
+from workers.netguard import check_host
+from workers.runner import JobRun, run
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 
 log = logging.getLogger("imagejobs.worker")
 
 
-@shared_task(name="imagejobs.image.import")
+@shared_task(name=Action.IMAGE_IMPORT.task_name)
 def import_image(job_id: str) -> None:
     run(job_id, _import)
 
@@ -80,7 +83,7 @@ def _import(job_run: JobRun) -> None:
     plan = _start(job_run)
     try:
         file_id, attrs, config = _bring_in(job_run, plan)
-    except JobFailed as exc:  # an EngineError too
+    except JobFailed as exc:
         # A temporary fault is tried again on the same upload, unless this was the last try.
         if not exc.transient or job_run.claim.attempt >= get_settings().max_attempts:
             _forget_upload(plan.upload)
@@ -229,10 +232,7 @@ def names_registry(reference: str) -> bool:
 def _check_registry(server: str) -> None:
     """A registry a user named is reached only where a user's URL may lead."""
     parts = urlsplit(f"//{server}")
-    try:
-        check_host(parts.hostname or server, parts.port)
-    except AddressRefused as exc:
-        raise JobFailed(exc.message, transient=exc.transient) from None
+    check_host(parts.hostname or server, parts.port)
 
 
 def _open_build_log(session, image: Image, attempt: int) -> int:
@@ -240,7 +240,7 @@ def _open_build_log(session, image: Image, attempt: int) -> int:
     build_log = session.scalar(select(BuildLog).where(BuildLog.image_id == image.id)
                                .with_for_update())
     header = f"[imagejobs: build attempt {attempt} on node {get_settings().node_id}]\n"
-    counters.add(session, counters.BUILD_LOG_BYTES, "image.import", len(header.encode()))
+    counters.add(session, counters.BUILD_LOG_BYTES, Action.IMAGE_IMPORT, len(header.encode()))
     if build_log is None:
         session.add(BuildLog(hub_id=image.hub_id, image_id=image.id, log=header))
         return len(header)
@@ -278,14 +278,11 @@ def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
                                     buildargs=dict(plan.build.get("args") or {}), tag=tag,
                                     cache_from=":".join(engine_tag(plan.image_id)),
                                     on_output=build_log.append)
-        except ContextError as exc:
-            build_log.append(f"ERROR: {exc.message}\n")
-            raise JobFailed(exc.message, transient=exc.transient) from None
         except BuildFailed as exc:
             lines = "\n".join(build_log.last_lines(8))
             raise JobFailed(f"The build failed: {exc.message}\nThe last lines of its log:\n"
                             f"{lines}", transient=exc.transient) from None
-        except EngineError as exc:  # a registry login refused, the engine away: say so in the log
+        except JobFailed as exc:  # the context refused, a login refused, the engine away
             build_log.append(f"ERROR: {exc.message}\n")
             raise
 

@@ -15,22 +15,25 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import transaction
+from app.images import lifecycle as _images  # noqa: F401  (registers the prune)
 from app.images.models import TRANSITIONAL, Image, ImageState
 from app.images.services import queue_delete
 from app.jobs import engine as jobs
+from app.jobs.actions import Action
 from app.jobs.models import ACTIVE, Job
 from app.jobs.services import publish
+from app.sources import lifecycle as _sources  # noqa: F401  (registers the source's deletion)
 from workers.runner import JobRun, run
 
 log = logging.getLogger("imagejobs.worker")
 
 
-@shared_task(name="imagejobs.images.prune")
+@shared_task(name=Action.IMAGES_PRUNE.task_name)
 def prune_images(job_id: str) -> None:
     run(job_id, _prune)
 
 
-@shared_task(name="imagejobs.source.delete")
+@shared_task(name=Action.SOURCE_DELETE.task_name)
 def delete_source(job_id: str) -> None:
     run(job_id, _delete_source)
 
@@ -95,4 +98,4 @@ def _awaiting_import(session: Session, image_ids: list[str]) -> set[str]:
     The images are locked, and asking for an import locks its image too, so none can slip in.
     """
     return set(session.scalars(select(Job.subject_id).where(
-        Job.action == "image.import", Job.subject_id.in_(image_ids), Job.state.in_(ACTIVE))))
+        Job.action == Action.IMAGE_IMPORT, Job.subject_id.in_(image_ids), Job.state.in_(ACTIVE))))
