@@ -17,7 +17,7 @@ from app import logs
 from app.config import get_settings
 from app.db import transaction
 from app.jobs import counters
-from app.jobs.engine import Claim
+from app.jobs.execution import Claim
 
 log = logging.getLogger("imagejobs.buildlog")
 

@@ -17,7 +17,7 @@ import app.models  # noqa: F401  (every model, so that foreign keys between doma
 from app import logs
 from app.config import check_service, get_settings
 from app.jobs import consumers
-from app.jobs.engine import sweep
+from app.jobs.execution import sweep
 from app.jobs.queueing import make_celery
 from workers.runner import worker_name
 from workers.uploads import sweep_uploads

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from app import logs
 from app.config import get_settings
-from app.jobs import engine as jobs
-from app.jobs.engine import Claim, LeaseLost
+from app.jobs import execution as jobs
+from app.jobs.execution import Claim, LeaseLost
 from app.jobs.models import Job
 from workers.faults import JobFailed
 

@@ -1,4 +1,4 @@
-"""Image jobs as the job engine sees them (app/jobs/kinds.py): what an import, a delete and a
+"""Image jobs as job execution sees them (app/jobs/kinds.py): what an import, a delete and a
 prune put their image in, and how each is put back when its job does not succeed."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.images.models import IMPORTING, TRANSITIONAL, Image, ImageState
-from app.jobs import engine, kinds
+from app.jobs import execution, kinds
 from app.jobs.actions import Action
 from app.jobs.models import Job
 
@@ -39,7 +39,7 @@ def summary(outcome: dict[str, str], task_input: dict) -> str:
 
 
 def _prune_ended(session: Session, job: Job, outcome: dict[str, str]) -> None:
-    engine.complete(session, job, {**outcome, "summary": summary(outcome, job.input)})
+    execution.complete(session, job, {**outcome, "summary": summary(outcome, job.input)})
 
 
 IMPORT = kinds.register(kinds.JobKind(Action.IMAGE_IMPORT, release=_releases(IMPORTING)))

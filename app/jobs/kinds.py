@@ -1,6 +1,6 @@
 """What each kind of job holds, and what becomes of it when the job does not succeed.
 
-The job engine (app/jobs/engine.py) knows jobs only. Each domain registers its job kinds here
+Job execution (app/jobs/execution.py) knows jobs only. Each domain registers its job kinds here
 (app/images/lifecycle.py, app/sources/lifecycle.py), and the engine calls them back: to put
 what a job worked on back at rest when the job ends in error, expires, or is queued again, and
 to finish a job whose child jobs have all ended. A worker imports them with its task modules.

@@ -1,4 +1,4 @@
-"""A source's deletion as the job engine sees it (app/jobs/kinds.py): it holds its source in
+"""A source's deletion as job execution sees it (app/jobs/kinds.py): it holds its source in
 `deleting`, and is done only once its images' deletes all removed them."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.images.lifecycle import summary
-from app.jobs import engine, kinds
+from app.jobs import execution, kinds
 from app.jobs.actions import Action
 from app.jobs.models import Job
 from app.sources.models import ImageSource, SourceState
@@ -21,7 +21,7 @@ def _release(session: Session, job: Job, message: str) -> None:
 def _images_deleted(session: Session, job: Job, outcome: dict[str, str]) -> None:
     kept = {k: v for k, v in outcome.items() if not v.startswith(("removed", "already deleted"))}
     if kept:
-        engine.fail(session, job, f"The source was not deleted: {len(kept)} of its images "
+        execution.fail(session, job, f"The source was not deleted: {len(kept)} of its images "
                     "remain (" + "; ".join(f"{k}: {v}" for k, v in sorted(kept.items())) + ").")
         return
     source = session.get(ImageSource, job.subject_id, with_for_update=True)
@@ -29,7 +29,7 @@ def _images_deleted(session: Session, job: Job, outcome: dict[str, str]) -> None
         source.move_to(SourceState.DELETING)
     if source.state != SourceState.DELETED:
         source.move_to(SourceState.DELETED)
-    engine.complete(session, job, {**outcome, "summary": summary(outcome, job.input)})
+    execution.complete(session, job, {**outcome, "summary": summary(outcome, job.input)})
 
 
 DELETE = kinds.register(kinds.JobKind(Action.SOURCE_DELETE, release=_release,

@@ -169,7 +169,7 @@ def writer_rate() -> None:
     """The log writer alone against one UPDATE per line, on the same table, in this run."""
     from app.db import new_id
     from app.images.models import BuildLog
-    from app.jobs.engine import Claim
+    from app.jobs.execution import Claim
     from workers.buildlog import BuildLogWriter
 
     with transaction() as session:

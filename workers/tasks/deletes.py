@@ -13,7 +13,7 @@ from app.config import get_settings
 from app.images import lifecycle  # noqa: F401  (registers the image job kinds)
 from app.images.models import Image, ImageState
 from app.images.services import upload_path
-from app.jobs import engine as jobs
+from app.jobs import execution as jobs
 from app.jobs.actions import Action
 from workers.engine import Engine
 from workers.faults import JobFailed

@@ -27,7 +27,7 @@ from app.images import lifecycle  # noqa: F401  (registers the image job kinds)
 from app.images.imagetar import read_image_tar
 from app.images.models import BuildLog, Image, ImageState, engine_tag
 from app.jobs import counters
-from app.jobs import engine as jobs
+from app.jobs import execution as jobs
 from app.jobs.actions import Action
 from app.sources.origins import (
     DOCKER_HUB,

@@ -2,7 +2,7 @@
 
 The job plans on the maintenance queue and hands each image an engine holds to a delete job on
 the queue of that node. It then waits for them without holding a worker: the delete that ends
-last finishes it (`app.jobs.engine.wait_for_children`), with per image what was removed and
+last finishes it (`app.jobs.execution.wait_for_children`), with per image what was removed and
 what was kept, and why. Images no engine holds are removed by the job itself.
 """
 
@@ -18,7 +18,7 @@ from app.db import transaction
 from app.images import lifecycle as _images  # noqa: F401  (registers the prune)
 from app.images.models import TRANSITIONAL, Image, ImageState
 from app.images.services import queue_delete
-from app.jobs import engine as jobs
+from app.jobs import execution as jobs
 from app.jobs.actions import Action
 from app.jobs.models import ACTIVE, Job
 from app.jobs.services import publish

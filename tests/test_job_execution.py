@@ -1,6 +1,6 @@
-"""The job engine in Postgres: claims, leases, fencing, the sweeper and duplicates.
+"""Job execution in Postgres: claims, leases, fencing, the sweeper and duplicates.
 
-These drive the engine's functions directly, with jobs on a queue no worker consumes, so that
+These drive its functions directly, with jobs on a queue no worker consumes, so that
 nothing but the test moves them.
 """
 
@@ -20,8 +20,8 @@ from sqlalchemy import update
 import app.images.lifecycle  # noqa: F401  (this test runs image jobs as a worker does)
 import app.sources.lifecycle  # noqa: F401
 from app.db import transaction, utcnow
-from app.jobs import engine
-from app.jobs.engine import LeaseLost
+from app.jobs import execution
+from app.jobs.execution import LeaseLost
 from app.jobs.services import NewTask, create_job
 from app.models import Image, ImageSource, ImageState, Job, JobState
 from tests.conftest import Tenant
@@ -58,15 +58,15 @@ def sweep_until(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "the sweeper did not act"
-        engine.sweep()
+        execution.sweep()
         time.sleep(0.1)
 
 
 def test_a_job_is_claimed_once(tenant):
     job_id = new_job(tenant)
-    first = engine.claim(job_id, "worker-a")
+    first = execution.claim(job_id, "worker-a")
     assert first is not None and first.attempt == 1
-    assert engine.claim(job_id, "worker-b") is None
+    assert execution.claim(job_id, "worker-b") is None
     job = load(job_id)
     assert job.state == JobState.RUNNING
     assert job.lease_owner == "worker-a"
@@ -75,10 +75,10 @@ def test_a_job_is_claimed_once(tenant):
 
 def test_a_finished_job_cannot_be_claimed_again(tenant):
     job_id = new_job(tenant)
-    claim = engine.claim(job_id, "worker-a")
-    with engine.fenced(claim) as (session, job):
-        engine.complete(session, job, {"done": "yes"})
-    assert engine.claim(job_id, "worker-b") is None
+    claim = execution.claim(job_id, "worker-a")
+    with execution.fenced(claim) as (session, job):
+        execution.complete(session, job, {"done": "yes"})
+    assert execution.claim(job_id, "worker-b") is None
     job = load(job_id)
     assert job.state == JobState.COMPLETED
     assert job.tasks[0]["output"] == {"done": "yes"}
@@ -87,35 +87,35 @@ def test_a_finished_job_cannot_be_claimed_again(tenant):
 
 def test_a_lapsed_lease_is_requeued_and_the_old_worker_is_fenced_out(tenant):
     job_id = new_job(tenant)
-    old = engine.claim(job_id, "frozen-worker")
+    old = execution.claim(job_id, "frozen-worker")
     set_job(job_id, lease_expires=utcnow() - timedelta(seconds=1))
     sweep_until(lambda: load(job_id).state == JobState.QUEUED)
 
-    new = engine.claim(job_id, "second-worker")
+    new = execution.claim(job_id, "second-worker")
     assert new is not None and new.attempt == old.attempt + 1
-    assert engine.renew(old) is False
-    with pytest.raises(LeaseLost), engine.fenced(old) as (session, job):
-        engine.complete(session, job)
+    assert execution.renew(old) is False
+    with pytest.raises(LeaseLost), execution.fenced(old) as (session, job):
+        execution.complete(session, job)
     assert load(job_id).state == JobState.RUNNING
-    assert engine.renew(new) is True
+    assert execution.renew(new) is True
 
 
 FROZEN_INSIDE = """
 import sys, time
-from app.jobs import engine
+from app.jobs import execution
 what, job_id = sys.argv[1], sys.argv[2]
 if what == "sweep":
-    with engine.holding_locks() as session:
-        assert engine.take_sweep_lock(session)
+    with execution.holding_locks() as session:
+        assert execution.take_sweep_lock(session)
         print("holding", flush=True)
         time.sleep(60)
 else:
-    claim = engine.claim(job_id, "frozen-worker")
+    claim = execution.claim(job_id, "frozen-worker")
     try:
-        with engine.fenced(claim) as (session, job):
+        with execution.fenced(claim) as (session, job):
             print("holding", flush=True)
             time.sleep(6)
-            engine.complete(session, job)
+            execution.complete(session, job)
         print("completed it", flush=True)
     except Exception as exc:
         print("could not complete:", type(exc).__name__, flush=True)
@@ -138,7 +138,7 @@ def frozen_inside(what: str, job_id: str) -> Iterator[subprocess.Popen]:
 
 def test_a_worker_frozen_while_sweeping_does_not_stop_the_sweeps(tenant):
     job_id = new_job(tenant)
-    engine.claim(job_id, "crashed-worker")
+    execution.claim(job_id, "crashed-worker")
     set_job(job_id, lease_expires=utcnow() - timedelta(seconds=1))
     with frozen_inside("sweep", job_id):
         sweep_until(lambda: load(job_id).state == JobState.QUEUED, timeout=20)
@@ -148,7 +148,7 @@ def test_a_worker_frozen_mid_write_loses_the_job_and_cannot_finish_it_when_it_wa
     job_id = new_job(tenant)
     with frozen_inside("write", job_id) as child:
         sweep_until(lambda: load(job_id).state == JobState.QUEUED, timeout=20)
-        assert engine.claim(job_id, "second-worker") is not None
+        assert execution.claim(job_id, "second-worker") is not None
         woke = child.stdout.readline()
     assert woke.startswith("could not complete"), woke
     job = load(job_id)
@@ -172,8 +172,8 @@ def image_of(tenant: Tenant) -> str:
 def test_a_requeued_job_leaves_its_image_resting_until_the_next_attempt(tenant):
     image_id = image_of(tenant)
     job_id = new_job(tenant, action="image.import", subject_id=image_id)
-    claim = engine.claim(job_id, "doomed")
-    with engine.fenced(claim) as (session, _):
+    claim = execution.claim(job_id, "doomed")
+    with execution.fenced(claim) as (session, _):
         session.get(Image, image_id).move_to(ImageState.DOWNLOADING)
     set_job(job_id, lease_expires=utcnow() - timedelta(seconds=1))
     sweep_until(lambda: load(job_id).state == JobState.QUEUED)
@@ -187,10 +187,10 @@ def test_a_job_whose_workers_keep_dying_ends_in_error_and_frees_its_image(tenant
     image_id = image_of(tenant)
     job_id = new_job(tenant, action="image.import", subject_id=image_id)
     for attempt in range(1, 4):
-        claim = engine.claim(job_id, f"doomed-{attempt}")
+        claim = execution.claim(job_id, f"doomed-{attempt}")
         assert claim is not None and claim.attempt == attempt
         if attempt == 1:
-            with engine.fenced(claim) as (session, _):
+            with execution.fenced(claim) as (session, _):
                 session.get(Image, image_id).move_to(ImageState.DOWNLOADING)
         set_job(job_id, lease_expires=utcnow() - timedelta(seconds=1))
         sweep_until(lambda: load(job_id).state in (JobState.QUEUED, JobState.ERROR))
@@ -215,9 +215,9 @@ def test_an_import_that_ends_while_its_image_is_being_deleted_leaves_it_to_the_d
         session.get(Image, image_id).move_to(ImageState.DELETING)
 
     for job_id in (failing, dry_run):
-        claim = engine.claim(job_id, "worker")
-        with engine.fenced(claim) as (session, job):
-            engine.fail(session, job, "The image was deleted before its import started.")
+        claim = execution.claim(job_id, "worker")
+        with execution.fenced(claim) as (session, job):
+            execution.fail(session, job, "The image was deleted before its import started.")
     set_job(expiring, expires=utcnow() - timedelta(seconds=1))
     sweep_until(lambda: load(expiring).state == JobState.EXPIRED)
 
@@ -230,7 +230,7 @@ def test_an_import_that_ends_while_its_image_is_being_deleted_leaves_it_to_the_d
 def test_a_job_not_started_before_it_expires_ends_expired(tenant):
     job_id = new_job(tenant)
     set_job(job_id, expires=utcnow() - timedelta(seconds=1))
-    assert engine.claim(job_id, "late-worker") is None
+    assert execution.claim(job_id, "late-worker") is None
     job = load(job_id)
     assert job.state == JobState.EXPIRED
     assert "expired" in job.error_message
@@ -252,22 +252,22 @@ def test_an_unpublished_job_is_published_by_the_sweeper(tenant):
 def test_an_equal_unfinished_job_is_returned_instead_of_a_second(tenant):
     first = new_job(tenant, task_input={"image_id": "x"})
     assert new_job(tenant, task_input={"image_id": "x"}) == first
-    claim = engine.claim(first, "worker")
-    with engine.fenced(claim) as (session, job):
-        engine.complete(session, job)
+    claim = execution.claim(first, "worker")
+    with execution.fenced(claim) as (session, job):
+        execution.complete(session, job)
     assert new_job(tenant, task_input={"image_id": "x"}) != first
 
 
 def test_steps_are_recorded_with_real_times(tenant):
     job_id = new_job(tenant)
-    claim = engine.claim(job_id, "worker")
-    with engine.fenced(claim) as (_, job):
-        engine.start_step(job, "One", "first")
-    with engine.fenced(claim) as (session, job):
-        engine.complete_step(job)
-        engine.start_step(job, "Two", "second")
-    with engine.fenced(claim) as (session, job):
-        engine.complete(session, job)
+    claim = execution.claim(job_id, "worker")
+    with execution.fenced(claim) as (_, job):
+        execution.start_step(job, "One", "first")
+    with execution.fenced(claim) as (session, job):
+        execution.complete_step(job)
+        execution.start_step(job, "Two", "second")
+    with execution.fenced(claim) as (session, job):
+        execution.complete(session, job)
     steps = load(job_id).tasks[0]["steps"]
     assert [s["caption"] for s in steps] == ["One", "Two"]
     times = [t for s in steps for t in (s["started"], s["completed"])]
@@ -277,21 +277,21 @@ def test_steps_are_recorded_with_real_times(tenant):
 
 def test_a_job_retried_later_is_not_claimed_or_published_before_its_time(tenant):
     job_id = new_job(tenant)
-    claim = engine.claim(job_id, "worker")
-    with engine.fenced(claim) as (session, job):
-        engine.retry_later(session, job, "registry away (a temporary fault)", delay_seconds=60)
+    claim = execution.claim(job_id, "worker")
+    with execution.fenced(claim) as (session, job):
+        execution.retry_later(session, job, "registry away (a temporary fault)", delay_seconds=60)
 
     job = load(job_id)
     assert job.state == JobState.QUEUED and job.error_message.startswith("registry away")
-    assert engine.claim(job_id, "eager-worker") is None
-    engine.sweep()
+    assert execution.claim(job_id, "eager-worker") is None
+    execution.sweep()
     assert load(job_id).published_at is None
 
     set_job(job_id, schedule=utcnow() - timedelta(seconds=1))
-    again = engine.claim(job_id, "worker")
+    again = execution.claim(job_id, "worker")
     assert again is not None and again.attempt == 2
-    with engine.fenced(again) as (session, job):
-        engine.complete(session, job)
+    with execution.fenced(again) as (session, job):
+        execution.complete(session, job)
     done = load(job_id)
     assert done.state == JobState.COMPLETED and done.error_message is None
     assert done.tasks[0]["error"] is None
@@ -299,24 +299,24 @@ def test_a_job_retried_later_is_not_claimed_or_published_before_its_time(tenant)
 
 def test_a_parent_waits_unleased_and_its_last_child_to_end_finishes_it(tenant):
     parent_id = new_job(tenant, action="images.prune", task_input={"source_ids": [], "n": 1})
-    claim = engine.claim(parent_id, "planner")
-    with engine.fenced(claim) as (session, parent):
+    claim = execution.claim(parent_id, "planner")
+    with execution.fenced(claim) as (session, parent):
         children = [create_job(session, hub_id=tenant.hub_id, action="image.delete",
                                creator={"id": tenant.key_id, "type": "api-key"},
                                queue=IDLE_QUEUE, caption="child", subject_id=f"image-{n}",
                                task=NewTask(header="delete", caption="Delete",
                                             input={"n": time.monotonic_ns()}),
                                parent_id=parent_id).id for n in (1, 2)]
-        engine.wait_for_children(session, parent, {"image-0": "kept: decided at once"})
-    assert not engine.renew(claim)  # the planner's lease keeper cannot take it back
-    with pytest.raises(LeaseLost), engine.fenced(claim):  # nor can its planner change it
+        execution.wait_for_children(session, parent, {"image-0": "kept: decided at once"})
+    assert not execution.renew(claim)  # the planner's lease keeper cannot take it back
+    with pytest.raises(LeaseLost), execution.fenced(claim):  # nor can its planner change it
         pass
     waiting = load(parent_id)
     assert waiting.state == JobState.RUNNING and waiting.lease_expires is None
 
-    done = engine.claim(children[0], "node-worker")
-    with engine.fenced(done) as (session, child):
-        engine.complete(session, child, {"result": "removed"})
+    done = execution.claim(children[0], "node-worker")
+    with execution.fenced(done) as (session, child):
+        execution.complete(session, child, {"result": "removed"})
     assert load(parent_id).tasks[0]["output"] == {"image-0": "kept: decided at once",
                                                   "image-1": "removed"}
     marker = new_job(tenant)  # once the sweeper expired it, it has swept the waiting parent too
