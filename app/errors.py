@@ -50,7 +50,6 @@ BuildLogNotFound = _error(404, "404.image.build-log", "The image has no build lo
 JobNotFound = _error(404, "404.job", "The job was not found.")
 UriNotFound = _error(404, "404.uri", "No such endpoint.")
 MethodNotAllowed = _error(405, "405.method-not-allowed", "This method is not allowed here.")
-DuplicateFound = _error(409, "409.duplicate-found", "An equal resource already exists.")
 PayloadTooLarge = _error(413, "413.too-large", "The request body is too large.")
 InvalidContentType = _error(415, "415.invalid-content-type",
                             "The request body must be application/json.")

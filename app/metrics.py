@@ -39,6 +39,7 @@ from sqlalchemy import text
 from app.config import get_settings
 from app.db import new_session
 from app.jobs import consumers, counters
+from app.jobs.models import ACTIVE, JOB_STATES
 from app.jobs.queueing import SHARED_QUEUES
 
 log = logging.getLogger("imagejobs.metrics")
@@ -54,7 +55,7 @@ _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 QUEUED_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600)
-_FINAL = "('completed', 'error', 'expired')"
+_FINAL = "(" + ", ".join(f"'{state}'" for state in sorted(JOB_STATES.final)) + ")"
 
 
 def _histogram_columns(seconds: str, buckets: tuple[float, ...]) -> str:
@@ -109,7 +110,7 @@ class JobsCollector:
         yield from _event_families(events)
 
 
-_UNFINISHED = {"new", "queued", "scheduled", "running"}
+_UNFINISHED = set(ACTIVE)
 
 
 def _job_families(rows: list) -> Iterator[Metric]:

@@ -546,8 +546,9 @@ def make_images(api: Api, source_id: str, count: int) -> None:
 
 
 def images_count(new: int) -> dict[str, Any]:
-    states = dict.fromkeys(("new", "downloading", "building", "verifying", "saving", "live",
-                            "deleting"), 0)
+    # Every state but `deleted`, at zero too: `uploading` (an image waiting for its tar) as well.
+    states = dict.fromkeys(("new", "uploading", "downloading", "building", "verifying", "saving",
+                            "live", "deleting"), 0)
     return {"total": new, "state": {**states, "new": new}}
 
 

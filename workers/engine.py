@@ -192,12 +192,6 @@ class Engine:
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
 
-    def holds(self, reference: str) -> bool:
-        try:
-            return self._id_of(reference) is not None
-        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
-            raise _unavailable(self.base_url, exc) from None
-
     def containers_using(self, image_id: str, tag: str) -> list[str]:
         """Names of the containers (running or not) that hold the image known by `tag`.
 

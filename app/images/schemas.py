@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from app.sources.origins import HttpUrl, ImageTarget
+from app.validation import Name, Strict
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 BuildArgName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 BuildArgValue = Annotated[str, StringConstraints(max_length=4096)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Build(Strict):

@@ -18,6 +18,8 @@ from app.statemachine import StateMachine
 
 
 class JobState(StrEnum):
+    # Cycle's job states. imagejobs queues a job when it is made, and a retry's backoff is its
+    # `schedule`, so no job is ever `new` or `scheduled`; clients may still filter on them.
     NEW = "new"
     QUEUED = "queued"
     SCHEDULED = "scheduled"
@@ -36,6 +38,7 @@ JOB_STATES = StateMachine("job", {
     J.RUNNING: {J.COMPLETED, J.ERROR, J.QUEUED},
 }, final={J.COMPLETED, J.ERROR, J.EXPIRED})
 ACTIVE = (J.NEW.value, J.QUEUED.value, J.SCHEDULED.value, J.RUNNING.value)
+_IS_ACTIVE = "state IN (" + ", ".join(f"'{state}'" for state in ACTIVE) + ")"
 
 
 class Job(Base):
@@ -43,11 +46,9 @@ class Job(Base):
     __table_args__ = (
         # At most one unfinished job per hash: the database, not a race, decides duplicates.
         Index("uq_jobs_active_hash", "hash", unique=True,
-              postgresql_where=text("limit_duplicates AND state IN "
-                                    "('new', 'queued', 'scheduled', 'running')")),
+              postgresql_where=text(f"limit_duplicates AND {_IS_ACTIVE}")),
         Index("ix_jobs_hub_created", "hub_id", "id"),
-        Index("ix_jobs_unfinished", "state", postgresql_where=text(
-            "state IN ('new', 'queued', 'scheduled', 'running')")),
+        Index("ix_jobs_unfinished", "state", postgresql_where=text(_IS_ACTIVE)),
     )
 
     id: Mapped[str] = mapped_column(String(24), primary_key=True, default=new_id)

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     field_validator,
@@ -23,6 +22,7 @@ from pydantic import (
 
 from app.db import ZERO_TIME
 from app.images.models import ENGINE_NAMESPACE
+from app.validation import Strict
 
 SECRET_FIELDS = frozenset({"token", "password", "passphrase", "private_key", "api_key", "secret",
                            "config"})
@@ -110,10 +110,6 @@ RegistryUrl = Annotated[str, StringConstraints(min_length=1), AfterValidator(_ch
 HttpUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048),
                     AfterValidator(_check_http_url)]
 Secret = Annotated[str, StringConstraints(max_length=16384)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 ObjectId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$")]

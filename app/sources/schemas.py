@@ -4,39 +4,34 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from app.sources.origins import Origin
+from app.validation import Name, Strict
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                               max_length=256, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
 
 
-class About(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class About(Strict):
     description: Annotated[str, StringConstraints(max_length=4096)] | None
 
 
-class Builder(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Builder(Strict):
     integration_id: Annotated[str, StringConstraints(max_length=256)] | None = None
 
 
-class AclEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AclEntry(Strict):
     view: bool
     modify: bool
     manage: bool
 
 
-class Acl(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Acl(Strict):
     roles: dict[str, AclEntry] | None = Field(default=None, max_length=100)
 
 
-class SourceCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SourceCreate(Strict):
     name: Name | None = None
     identifier: Identifier | None = None
     acl: Acl | None = None
@@ -46,8 +41,7 @@ class SourceCreate(BaseModel):
     about: About | None = None
 
 
-class SourceUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SourceUpdate(Strict):
     name: Name | None = None
     identifier: Identifier | None = None
     origin: Origin | None = None

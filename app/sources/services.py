@@ -134,8 +134,9 @@ def images_count(session: Session, source_ids: list[str]) -> dict[str, dict[str,
     """Per source, its images by state (the spec's `images_count` meta)."""
     counts: dict[str, dict[str, Any]] = {}
     for source_id in source_ids:
-        counts[source_id] = {"total": 0, "state": {s: 0 for s in (
-            "new", "downloading", "building", "verifying", "saving", "live", "deleting")}}
+        # Every state an image counted in `total` may be in, even at zero.
+        counts[source_id] = {"total": 0, "state": {s.value: 0 for s in ImageState
+                                                   if s != ImageState.DELETED}}
     if not source_ids:
         return counts
     rows = session.execute(select(Image.source_id, Image.state, func.count())
