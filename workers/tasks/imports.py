@@ -1,8 +1,10 @@
 """Import: bring an image into this node's engine, inspect it, keep it.
 
-A registry origin is pulled (`downloading`); a `docker-file` origin has its context fetched and
-is built (`building`), its log written as it goes. Then both are `verifying` → `saving` → `live`,
-with a job step for each phase. Pulls and builds are idempotent: run twice, they leave one image.
+Each kind of origin has one `Importer` (see IMPORTERS): a registry origin is pulled
+(`downloading`); a `docker-file` origin has its context fetched and is built (`building`), its
+log written as it goes; a `cycle-upload` origin has its uploaded tar loaded (`uploading`). Then
+every import is `verifying` → `saving` → `live`, with a job step for each phase. Pulls and builds
+are idempotent: run twice, they leave one image.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import re
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +21,7 @@ from urllib.parse import urlsplit
 
 from celery import shared_task
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app import vault
 from app.archives import ArchiveRefused
@@ -29,9 +33,11 @@ from app.images.models import BuildLog, Image, ImageState, engine_tag
 from app.jobs import counters
 from app.jobs import execution as jobs
 from app.jobs.actions import Action
+from app.jobs.models import Job
 from app.sources.origins import (
     DOCKER_HUB,
     DOCKER_HUB_NAMES,
+    PULL_TYPES,
     docker_hub_only,
     merge_secrets,
     registry_host,
@@ -122,26 +128,14 @@ def _start(job_run: JobRun) -> _Plan:
                      image.build or {}, upload)
         image.state_error = None
         image.factory_acknowledged = utcnow()
-        kind = plan.origin["type"]
-        if kind == "docker-file":
-            image.move_to(ImageState.BUILDING)
-            plan.log_size = _open_build_log(session, image, job_run.claim.attempt)
-            job_run.step(job, "Fetch context", "Fetching the build context")
-        elif kind == "cycle-upload":
-            if not upload:
-                raise JobFailed("Images of cycle-upload sources are imported by uploading "
-                                "their tar.")
-            image.move_to(ImageState.UPLOADING)
-            job_run.step(job, "Load", "Loading the uploaded image tar into the engine")
-        else:
-            plan.reference, plan.auth = pull_spec(plan.origin, plan.override)
-            image.move_to(ImageState.DOWNLOADING)
-            job_run.step(job, "Pull", f"Pulling {plan.reference}")
+        importer = importer_of(plan.origin["type"])
+        image.move_to(importer.first_state)
+        importer.prepare(session, image, job_run, job, plan)
     return plan
 
 
 def _bring_in(job_run: JobRun, plan: _Plan) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Pull, build or load the image, check its config, and give it the image's engine tag.
+    """Produce the image (pull, build or load), check its config, give it the image's engine tag.
 
     Until it is checked, a built or loaded image is known only by a name of this attempt's,
     removed at the end: an image that fails its checks leaves no name behind, and the engine
@@ -149,26 +143,11 @@ def _bring_in(job_run: JobRun, plan: _Plan) -> tuple[str, dict[str, Any], dict[s
     """
     repository, tag = engine_tag(plan.image_id)
     staging = f"{repository}:attempt-{job_run.claim.attempt}"
-    kind = plan.origin["type"]
-    dropped = None
+    dropped: list[str] = []
     with Engine() as engine:
         try:
-            if kind == "docker-file":
-                dropped = staging
-                file_id = _build(job_run, engine, plan, staging)
-            elif kind == "cycle-upload":
-                file_id = _load_upload(engine, Path(get_settings().upload_dir) / plan.upload)
-                dropped = staging
-                engine.tag(file_id, *staging.split(":"))
-            else:
-                # Docker Hub is the operator's (its mirror); a target naming another registry
-                # is not Docker Hub.
-                if kind != "docker-hub" or names_registry(plan.reference):
-                    _check_registry(plan.reference.split("/", 1)[0])
-                pulled = engine.pull(plan.reference, plan.auth)
-                file_id = pulled.image_id
-                # A name the engine held before the pull belongs to someone else and stays.
-                dropped = pulled.name if pulled.created else None
+            file_id = importer_of(plan.origin["type"]).produce(job_run, engine, plan, staging,
+                                                              dropped)
             with job_run.write() as (session, job):
                 session.get(Image, plan.image_id, with_for_update=True).move_to(ImageState.VERIFYING)
                 job_run.step(job, "Verify", "Reading the image's configuration and size")
@@ -179,10 +158,82 @@ def _bring_in(job_run: JobRun, plan: _Plan) -> tuple[str, dict[str, Any], dict[s
                 job_run.step(job, "Save", "Tagging the image in the engine of this node")
             engine.tag(file_id, repository, tag)
         finally:
-            # After the tag, or after a failure: either way the name is no longer needed.
-            if dropped:
-                _drop_name(engine, dropped, plan.image_id)
+            # After the tag, or after a failure: either way the names are no longer needed.
+            for name in dropped:
+                _drop_name(engine, name, plan.image_id)
     return file_id, attrs, config
+
+
+@dataclass(frozen=True)
+class Importer:
+    """How images of one kind of origin come into the engine; every import then verifies and
+    saves them alike (`_bring_in`).
+
+    `prepare` runs in the import's first write, the image already in `first_state`: it starts the
+    job's first step and completes the plan. `produce` makes the engine image and returns its id;
+    it adds to `dropped` each name it makes that the image must not keep, as soon as it may
+    exist, so a failure leaves none behind.
+    """
+
+    first_state: ImageState
+    prepare: Callable[[Session, Image, JobRun, Job, _Plan], None]
+    produce: Callable[[JobRun, Engine, _Plan, str, list[str]], str]
+
+
+def _prepare_pull(session: Session, image: Image, job_run: JobRun, job: Job, plan: _Plan) -> None:
+    plan.reference, plan.auth = pull_spec(plan.origin, plan.override)
+    job_run.step(job, "Pull", f"Pulling {plan.reference}")
+
+
+def _pull(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
+          dropped: list[str]) -> str:
+    # Docker Hub is the operator's (its mirror); a target naming another registry is not.
+    if plan.origin["type"] != "docker-hub" or names_registry(plan.reference):
+        _check_registry(plan.reference.split("/", 1)[0])
+    pulled = engine.pull(plan.reference, plan.auth)
+    if pulled.created:  # a name the engine held before the pull belongs to someone else
+        dropped.append(pulled.name)
+    return pulled.image_id
+
+
+def _prepare_build(session: Session, image: Image, job_run: JobRun, job: Job,
+                   plan: _Plan) -> None:
+    plan.log_size = _open_build_log(session, image, job_run.claim.attempt)
+    job_run.step(job, "Fetch context", "Fetching the build context")
+
+
+def _produce_build(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
+                   dropped: list[str]) -> str:
+    dropped.append(staging)
+    return _build(job_run, engine, plan, staging)
+
+
+def _prepare_load(session: Session, image: Image, job_run: JobRun, job: Job, plan: _Plan) -> None:
+    if not plan.upload:
+        raise JobFailed("Images of cycle-upload sources are imported by uploading their tar.")
+    job_run.step(job, "Load", "Loading the uploaded image tar into the engine")
+
+
+def _load(job_run: JobRun, engine: Engine, plan: _Plan, staging: str, dropped: list[str]) -> str:
+    file_id = _load_upload(engine, Path(get_settings().upload_dir) / plan.upload)
+    dropped.append(staging)
+    engine.tag(file_id, *staging.split(":"))
+    return file_id
+
+
+_PULL = Importer(ImageState.DOWNLOADING, _prepare_pull, _pull)
+IMPORTERS: dict[str, Importer] = {
+    **dict.fromkeys(PULL_TYPES, _PULL),
+    "docker-file": Importer(ImageState.BUILDING, _prepare_build, _produce_build),
+    "cycle-upload": Importer(ImageState.UPLOADING, _prepare_load, _load),
+}
+
+
+def importer_of(kind: str) -> Importer:
+    try:
+        return IMPORTERS[kind]
+    except KeyError:
+        raise JobFailed(f"Images of `{kind}` sources cannot be imported.") from None
 
 
 def _drop_name(engine: Engine, name: str, image_id: str) -> None:
