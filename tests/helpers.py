@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.images.models import engine_tag
-from tests.conftest import AUTH_REGISTRY, REGISTRY
+from app.db import transaction
+from app.images.models import Image, engine_tag
+from app.sources.models import ImageSource
+from tests.conftest import AUTH_REGISTRY, REGISTRY, Tenant
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -117,3 +119,19 @@ def assert_failed(job: dict, image: dict, *words: str) -> None:
     assert image["state"]["current"] == "new"
     assert image["state"]["error"]["message"] == message
     assert image["backend"]["file_name"] == ""
+
+
+def stored_image(tenant: Tenant) -> str:
+    """An image (and its source) put straight into the database, for tests that drive jobs
+    themselves; returns its id."""
+    with transaction() as session:
+        source = ImageSource(hub_id=tenant.hub_id, name="s", identifier="s",
+                             origin={"type": "none"}, creator_type="api-key",
+                             creator_id=tenant.key_id)
+        session.add(source)
+        session.flush()
+        image = Image(hub_id=tenant.hub_id, source_id=source.id, name="i",
+                      origin=source.origin, creator_type="api-key", creator_id=tenant.key_id)
+        session.add(image)
+        session.flush()
+        return image.id

@@ -23,8 +23,9 @@ from app.db import transaction, utcnow
 from app.jobs import execution
 from app.jobs.execution import LeaseLost
 from app.jobs.services import NewTask, create_job
-from app.models import Image, ImageSource, ImageState, Job, JobState
+from app.models import Image, ImageState, Job, JobState
 from tests.conftest import Tenant
+from tests.helpers import stored_image
 
 IDLE_QUEUE = "imagejobs-test-idle"
 
@@ -155,22 +156,8 @@ def test_a_worker_frozen_mid_write_loses_the_job_and_cannot_finish_it_when_it_wa
     assert (job.state, job.lease_owner, job.attempt) == (JobState.RUNNING, "second-worker", 2)
 
 
-def image_of(tenant: Tenant) -> str:
-    with transaction() as session:
-        source = ImageSource(hub_id=tenant.hub_id, name="s", identifier="s",
-                             origin={"type": "none"}, creator_type="api-key",
-                             creator_id=tenant.key_id)
-        session.add(source)
-        session.flush()
-        image = Image(hub_id=tenant.hub_id, source_id=source.id, name="i",
-                      origin=source.origin, creator_type="api-key", creator_id=tenant.key_id)
-        session.add(image)
-        session.flush()
-        return image.id
-
-
 def test_a_requeued_job_leaves_its_image_resting_until_the_next_attempt(tenant):
-    image_id = image_of(tenant)
+    image_id = stored_image(tenant)
     job_id = new_job(tenant, action="image.import", subject_id=image_id)
     claim = execution.claim(job_id, "doomed")
     with execution.fenced(claim) as (session, _):
@@ -184,7 +171,7 @@ def test_a_requeued_job_leaves_its_image_resting_until_the_next_attempt(tenant):
 
 
 def test_a_job_whose_workers_keep_dying_ends_in_error_and_frees_its_image(tenant):
-    image_id = image_of(tenant)
+    image_id = stored_image(tenant)
     job_id = new_job(tenant, action="image.import", subject_id=image_id)
     for attempt in range(1, 4):
         claim = execution.claim(job_id, f"doomed-{attempt}")
@@ -206,7 +193,7 @@ def test_a_job_whose_workers_keep_dying_ends_in_error_and_frees_its_image(tenant
 
 
 def test_an_import_that_ends_while_its_image_is_being_deleted_leaves_it_to_the_delete(tenant):
-    image_id = image_of(tenant)
+    image_id = stored_image(tenant)
     failing = new_job(tenant, action="image.import", subject_id=image_id)
     expiring = new_job(tenant, action="image.import", subject_id=image_id)
     dry_run = new_job(tenant, action="image.delete", subject_id=image_id,

@@ -11,9 +11,10 @@ from openapi_spec_validator import validate
 
 from app import errors
 from app.db import transaction
-from app.images.models import BuildLog
+from app.images.models import Image
 from app.openapi import IMPLICIT_METHODS, REF, REQUEST_BODIES, openapi_path
 from tests.helpers import create_image, create_source, import_and_wait, registry_origin
+from workers.buildlog import open_log
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_real_answers_match_the_document(api, document, worker, pushed_image):
     job = import_and_wait(api, image["id"])
     assert job["state"]["current"] == "completed", job
     with transaction() as session:
-        session.add(BuildLog(hub_id=api.tenant.hub_id, image_id=image["id"], log="step 1\n"))
+        open_log(session, session.get(Image, image["id"]), 1, "step 1\n")
 
     sources = "/v1/images/sources"
     for url, method, path in [

@@ -1,8 +1,9 @@
 """The build log, written to Postgres while the build runs: in batches, bounded, fenced.
 
 The build's stream hands lines to `append`, which never touches the database; a background thread
-flushes what gathered about twice a second, as one UPDATE. Past the limit the log gets one clear
-marker and nothing more, while the last lines are still kept in memory for the job's error.
+flushes what gathered about twice a second as one chunk of new text, so a long build costs
+Postgres each byte once. Past the limit the log gets one clear marker and nothing more, while the
+last lines are still kept in memory for the job's error.
 """
 
 from __future__ import annotations
@@ -11,21 +12,47 @@ import collections
 import logging
 import threading
 
-from sqlalchemy import text
+from sqlalchemy import delete, select, text
+from sqlalchemy.orm import Session
 
 from app import logs
 from app.config import get_settings
 from app.db import transaction
+from app.images.models import BuildLog, BuildLogChunk, Image
 from app.jobs import counters
 from app.jobs.execution import Claim
 
 log = logging.getLogger("imagejobs.buildlog")
 
+# One flush: the log's length grows and the new text is inserted as a chunk at the old end,
+# only while this claim still holds the job. Postgres writes the new text and one small row,
+# never the text already there.
 _APPEND = text("""
-    UPDATE image_build_logs SET log = log || :chunk, truncated = :truncated, updated = now()
-    WHERE image_id = :image_id AND EXISTS (
-        SELECT 1 FROM jobs WHERE id = :job_id AND attempt = :attempt AND state = 'running')
+    WITH grown AS (
+        UPDATE image_build_logs
+        SET length = length + :length, truncated = :truncated, updated = now()
+        WHERE image_id = :image_id AND EXISTS (
+            SELECT 1 FROM jobs WHERE id = :job_id AND attempt = :attempt AND state = 'running')
+        RETURNING length)
+    INSERT INTO image_build_log_chunks (image_id, start, text)
+    SELECT :image_id, length - :length, :chunk FROM grown
 """)
+
+
+def open_log(session: Session, image: Image, attempt: int, header: str) -> int:
+    """Start the log of an attempt with `header`: a new import's first attempt starts a fresh
+    log, a retried one keeps what the last printed. Returns the log's length after it."""
+    build_log = session.scalar(select(BuildLog).where(BuildLog.image_id == image.id)
+                               .with_for_update())
+    if build_log is None:
+        build_log = BuildLog(hub_id=image.hub_id, image_id=image.id, length=0)
+        session.add(build_log)
+    elif attempt == 1:
+        session.execute(delete(BuildLogChunk).where(BuildLogChunk.image_id == image.id))
+        build_log.length, build_log.truncated = 0, False
+    session.add(BuildLogChunk(image_id=image.id, start=build_log.length, text=header))
+    build_log.length += len(header)
+    return build_log.length
 
 
 class BuildLogWriter:
@@ -62,6 +89,8 @@ class BuildLogWriter:
         """Add text as the engine printed it (any number of lines, or part of one)."""
         if not chunk:
             return
+        # Postgres text cannot hold NUL, which a build's own output may print.
+        chunk = chunk.replace("\x00", "\ufffd")
         with self._lock:
             lines = (self._partial + chunk).split("\n")
             self._partial = lines.pop()
@@ -92,13 +121,19 @@ class BuildLogWriter:
             truncated = self.truncated
         if not chunk:
             return
-        with transaction() as session:
-            appended = session.execute(_APPEND, {
-                "chunk": chunk, "truncated": truncated, "image_id": self.image_id,
-                "job_id": self.claim.job_id, "attempt": self.claim.attempt}).rowcount
-            if appended:  # bytes as Postgres stores them (UTF-8)
-                counters.add(session, counters.BUILD_LOG_BYTES, self.claim.action,
-                             len(chunk.encode()))
+        try:
+            with transaction() as session:
+                appended = session.execute(_APPEND, {
+                    "chunk": chunk, "length": len(chunk), "truncated": truncated,
+                    "image_id": self.image_id, "job_id": self.claim.job_id,
+                    "attempt": self.claim.attempt}).rowcount
+                if appended:  # bytes as Postgres stores them (UTF-8)
+                    counters.add(session, counters.BUILD_LOG_BYTES, self.claim.action,
+                                 len(chunk.encode()))
+        except Exception:
+            with self._lock:  # kept, in order, for the next flush
+                self._pending.insert(0, chunk)
+            raise
         self.flushes += 1
 
     def _flush_forever(self) -> None:

@@ -119,13 +119,27 @@ class Image(Base):
 
 
 class BuildLog(Base):
+    """An image's build log: what the last import's attempts printed, bounded, in chunks."""
+
     __tablename__ = "image_build_logs"
 
     id: Mapped[str] = mapped_column(String(24), primary_key=True, default=new_id)
     hub_id: Mapped[str] = mapped_column(ForeignKey("hubs.id"), index=True)
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), unique=True)
-    log: Mapped[str] = mapped_column(Text, default="")
+    # Characters the log holds: its text is the chunks below, which only grow at this end.
+    length: Mapped[int] = mapped_column(BigInteger, default=0)
     truncated: Mapped[bool] = mapped_column(default=False)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     deleted: Mapped[datetime | None]
+
+
+class BuildLogChunk(Base):
+    """One flush of a build log, at the character offset it starts at: a flush inserts only its
+    new text, so Postgres writes a log's bytes once however long the build prints."""
+
+    __tablename__ = "image_build_log_chunks"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)

@@ -19,7 +19,7 @@ from app.config import get_settings
 from app.db import is_id, like_pattern, utcnow
 from app.filters import by_state
 from app.images.imagetar import BrokenTar, read_image_tar
-from app.images.models import TRANSITIONAL, BuildLog, Image, ImageState
+from app.images.models import TRANSITIONAL, BuildLog, BuildLogChunk, Image, ImageState
 from app.images.schemas import ImageCreate
 from app.jobs import queueing
 from app.jobs.actions import Action
@@ -267,16 +267,25 @@ class BuildLogSlice:
     deleted: datetime | None
 
 
-# Postgres' substr takes an int4 offset; no text it stores is longer than this, so a larger
-# offset reads nothing either way.
-_LONGEST_TEXT = 2**30
-
-
 def build_log(session: Session, image: Image, offset: int) -> BuildLogSlice | None:
+    """The log from `offset` on, reading only the chunks that reach past it."""
     row = session.execute(
-        select(BuildLog.id, BuildLog.hub_id, BuildLog.image_id,
-               func.substr(BuildLog.log, min(offset, _LONGEST_TEXT) + 1).label("text"),
-               func.length(BuildLog.log).label("length"), BuildLog.truncated, BuildLog.created,
-               BuildLog.updated, BuildLog.deleted)
+        select(BuildLog.id, BuildLog.hub_id, BuildLog.image_id, BuildLog.length,
+               BuildLog.truncated, BuildLog.created, BuildLog.updated, BuildLog.deleted)
         .where(BuildLog.image_id == image.id)).first()
-    return BuildLogSlice(**row._mapping) if row else None
+    if row is None:
+        return None
+    text = ""
+    if offset < row.length:
+        # The chunk holding `offset` is the last one starting at or before it.
+        first = (select(func.max(BuildLogChunk.start))
+                 .where(BuildLogChunk.image_id == image.id, BuildLogChunk.start <= offset)
+                 .scalar_subquery())
+        chunks = session.execute(
+            select(BuildLogChunk.start, BuildLogChunk.text)
+            .where(BuildLogChunk.image_id == image.id,
+                   BuildLogChunk.start >= func.coalesce(first, 0))
+            .order_by(BuildLogChunk.start)).all()
+        if chunks:
+            text = "".join(chunk.text for chunk in chunks)[offset - chunks[0].start:]
+    return BuildLogSlice(text=text, **row._mapping)

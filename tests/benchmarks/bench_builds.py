@@ -39,6 +39,7 @@ from sqlalchemy import text  # noqa: E402
 from app import migrations  # noqa: E402
 from app.db import transaction  # noqa: E402
 from app.hubs.services import create_hub, create_key  # noqa: E402
+from app.jobs.execution import Claim  # noqa: E402
 from tests.support import recreate_database  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -149,10 +150,10 @@ def docker_build(directory: Path, run_id: str) -> float:
     return time.perf_counter() - started
 
 
-def log_updates() -> int:
+def log_writes() -> int:
     with transaction() as session:
-        return session.scalar(text("SELECT n_tup_upd FROM pg_stat_user_tables "
-                                   "WHERE relname = 'image_build_logs'")) or 0
+        return session.scalar(text("SELECT n_tup_ins FROM pg_stat_user_tables "
+                                   "WHERE relname = 'image_build_log_chunks'")) or 0
 
 
 def compare(server: Server, url: str, directory: Path, label: str) -> None:
@@ -165,12 +166,10 @@ def compare(server: Server, url: str, directory: Path, label: str) -> None:
           f"plain docker build {plain_median:.2f} s, ratio {ours_median / plain_median:.2f}")
 
 
-def writer_rate() -> None:
-    """The log writer alone against one UPDATE per line, on the same table, in this run."""
+def building_images(count: int) -> tuple[Claim, list[str]]:
+    """A running job and `count` images with empty build logs, for the writer to write to."""
     from app.db import new_id
     from app.images.models import BuildLog
-    from app.jobs.execution import Claim
-    from workers.buildlog import BuildLogWriter
 
     with transaction() as session:
         job_id = new_id()
@@ -182,7 +181,7 @@ def writer_rate() -> None:
         ), {"id": job_id})
         hub = create_hub(session, "writer")
         images = []
-        for _ in range(2):
+        for _ in range(count):
             image_id = new_id()
             session.execute(text(
                 "INSERT INTO image_sources (id, hub_id, name, identifier, type, origin, "
@@ -195,9 +194,16 @@ def writer_rate() -> None:
                 "state, state_changed, created, updated) VALUES (:id, :hub, :id, 'i', "
                 "'{\"type\": \"none\"}', '{}', 0, '', '', '', 'api-key', 'b', 'building', now(), "
                 "now(), now())"), {"id": image_id, "hub": hub.id})
-            session.add(BuildLog(hub_id=hub.id, image_id=image_id, log=""))
+            session.add(BuildLog(hub_id=hub.id, image_id=image_id, length=0))
             images.append(image_id)
-    claim = Claim(job_id=job_id, attempt=1, action="bench")
+    return Claim(job_id=job_id, attempt=1, action="bench"), images
+
+
+def writer_rate() -> None:
+    """The log writer alone against one write per line, in this run."""
+    from workers.buildlog import BuildLogWriter
+
+    claim, images = building_images(1)
     lines = [f"step output line {i} of the benchmark build\n" for i in range(100_000)]
 
     started = time.perf_counter()
@@ -208,21 +214,77 @@ def writer_rate() -> None:
 
     sample = 2_000
     started = time.perf_counter()
-    for line in lines[:sample]:
+    for number, line in enumerate(lines[:sample]):
         with transaction() as session:
-            session.execute(text("UPDATE image_build_logs SET log = log || :l WHERE image_id = :i"),
-                            {"l": line, "i": images[1]})
+            session.execute(text("INSERT INTO image_build_log_chunks (image_id, start, text) "
+                                 "VALUES (:i, :n, :l)"), {"l": line, "i": images[0],
+                                                          "n": 10**9 + number})
     per_line = (time.perf_counter() - started) / sample
     print(f"build-log writer: 100,000 lines in {batched:.2f} s "
           f"({100_000 / batched:,.0f} lines/s) in {writer.flushes} database writes; "
-          f"one UPDATE per line: {1 / per_line:,.0f} lines/s (on {sample:,} lines); "
+          f"one INSERT per line: {1 / per_line:,.0f} lines/s (on {sample:,} lines); "
           f"ratio {(100_000 / batched) * per_line:.0f}x")
+
+
+def wal_bytes(write) -> int:
+    """Bytes of WAL Postgres wrote while `write()` ran (the whole cluster: run it alone)."""
+    with transaction() as session:
+        before = session.scalar(text("SELECT pg_current_wal_lsn()"))
+    write()
+    with transaction() as session:
+        return int(session.scalar(text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), :lsn)"),
+                                  {"lsn": before}))
+
+
+def write_chunked(claim: Claim, image_id: str, pieces: list[str]) -> None:
+    """Through the build-log writer, one flush per piece."""
+    from workers.buildlog import BuildLogWriter
+
+    writer = BuildLogWriter(claim, image_id)
+    writer.limit = sum(map(len, pieces)) + 1
+    for piece in pieces:
+        writer.append(piece)
+        writer.flush()
+
+
+def write_rewritten(pieces: list[str]) -> None:
+    """The way build logs were kept before chunks: one text value that every flush rewrites."""
+    with transaction() as session:
+        session.execute(text("DROP TABLE IF EXISTS rewritten_logs"))
+        session.execute(text("CREATE TABLE rewritten_logs (id int PRIMARY KEY, log text)"))
+        session.execute(text("INSERT INTO rewritten_logs VALUES (1, '')"))
+    for piece in pieces:
+        with transaction() as session:
+            session.execute(text("UPDATE rewritten_logs SET log = log || :p WHERE id = 1"),
+                            {"p": piece})
+
+
+def wal_per_log_byte() -> None:
+    """WAL per build-log byte for a build printing steadily (a flush each 50 KB, as a build
+    printing 100 KB/s gets), against the one rewritten text value logs used to be."""
+    import base64
+    import random
+
+    flush_every = 50_000
+    rng = random.Random(7)
+    for size in (100_000, 1_000_000, 4_000_000):
+        # Lines that compress poorly, as a build's output of hashes and timings does.
+        log = "".join(base64.b64encode(rng.randbytes(60)).decode() + "\n"
+                      for _ in range(size // 81))
+        pieces = [log[i:i + flush_every] for i in range(0, len(log), flush_every)]
+        claim, images = building_images(1)
+        ours = wal_bytes(functools.partial(write_chunked, claim, images[0], pieces)) / len(log)
+        theirs = wal_bytes(functools.partial(write_rewritten, pieces)) / len(log)
+        print(f"WAL per build-log byte, {len(log) / 1e6:.1f} MB log in {len(pieces)} flushes: "
+              f"{ours:.2f} bytes; rewriting one text value: {theirs:.2f} bytes; "
+              f"ratio {theirs / ours:.1f}x")
 
 
 def main() -> None:
     (ROOT / ".test-logs").mkdir(exist_ok=True)
     fresh_database()
     writer_rate()
+    wal_per_log_byte()
     with tempfile.TemporaryDirectory() as scratch:
         scratch_path = Path(scratch)
         for name, dockerfile in (("small", DOCKERFILE), ("loud", LOUD_DOCKERFILE)):
@@ -235,13 +297,13 @@ def main() -> None:
         server = Server()
         try:
             compare(server, f"{base}/small.tar.gz", scratch_path / "small", "small build")
-            before = log_updates()
+            before = log_writes()
             compare(server, f"{base}/loud.tar.gz", scratch_path / "loud",
                     "build printing 100,000 lines")
             log = server.call("GET", f"/v1/images/{server.last_image}/build-log")
             kept = sum(1 for line in log["log"].splitlines() if line.strip().isdigit())
             print(f"  its stored log kept {kept:,} of 100,000 numbered lines "
-                  f"({len(log['log']):,} characters); {(log_updates() - before) / RUNS:.0f} "
+                  f"({len(log['log']):,} characters); {(log_writes() - before) / RUNS:.0f} "
                   "database writes per build")
         finally:
             server.stop()

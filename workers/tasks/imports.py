@@ -20,7 +20,6 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from celery import shared_task
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import vault
@@ -29,7 +28,7 @@ from app.config import get_settings
 from app.db import utcnow
 from app.images import lifecycle  # noqa: F401  (registers the image job kinds)
 from app.images.imagetar import read_image_tar
-from app.images.models import BuildLog, Image, ImageState, engine_tag
+from app.images.models import Image, ImageState, engine_tag
 from app.jobs import counters
 from app.jobs import execution as jobs
 from app.jobs.actions import Action
@@ -43,7 +42,7 @@ from app.sources.origins import (
     registry_host,
     registry_of,
 )
-from workers.buildlog import BuildLogWriter
+from workers.buildlog import BuildLogWriter, open_log
 from workers.context import (
     ContextError,
     Packer,
@@ -287,19 +286,9 @@ def _check_registry(server: str) -> None:
 
 
 def _open_build_log(session, image: Image, attempt: int) -> int:
-    """A new import starts a fresh log; a retried attempt keeps what the last one printed."""
-    build_log = session.scalar(select(BuildLog).where(BuildLog.image_id == image.id)
-                               .with_for_update())
     header = f"[imagejobs: build attempt {attempt} on node {get_settings().node_id}]\n"
     counters.add(session, counters.BUILD_LOG_BYTES, Action.IMAGE_IMPORT, len(header.encode()))
-    if build_log is None:
-        session.add(BuildLog(hub_id=image.hub_id, image_id=image.id, log=header))
-        return len(header)
-    if attempt == 1:
-        build_log.log, build_log.truncated = header, False
-    else:
-        build_log.log += header
-    return len(build_log.log)
+    return open_log(session, image, attempt, header)
 
 
 def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
