@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -11,9 +12,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, create_engine
+from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.config import get_settings
@@ -80,25 +82,55 @@ class Base(DeclarativeBase):
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _sessionmaker: sessionmaker[Session] | None = None
+_autocommit_sessionmaker: sessionmaker[Session] | None = None
 
 
 def get_engine() -> Engine:
     """The process's engine; a forked child gets its own pool instead of sharing sockets."""
-    global _engine, _engine_pid, _sessionmaker
+    global _engine, _engine_pid, _sessionmaker, _autocommit_sessionmaker
     if _engine is None or _engine_pid != os.getpid():
         if _engine is not None:
             _engine.dispose(close=False)
-        _engine = create_engine(get_settings().database_url, pool_pre_ping=True,
-                                pool_size=5, max_overflow=10)
+        settings = get_settings()
+        # A transaction left idle for a lease (a frozen or stuck process) is ended by Postgres,
+        # so that no lock it holds outlives the lease: see `app.jobs.execution.holding_locks`.
+        idle_ms = settings.lease_seconds * 1000
+        _engine = create_engine(
+            settings.database_url, pool_size=5, max_overflow=10,
+            connect_args={"options": f"-c idle_in_transaction_session_timeout={idle_ms}"})
+        event.listen(_engine, "checkout", _refuse_if_closed_by_server)
         _engine_pid = os.getpid()
         _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
+        _autocommit_sessionmaker = sessionmaker(
+            _engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
     return _engine
+
+
+def _refuse_if_closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Check a pooled connection before use without a round trip (as `pool_pre_ping` makes):
+    a server that closed it (a restart, a terminated backend) has left its last words or the end
+    of the stream on the socket, where nothing else waits between uses. The pool then opens a
+    new connection instead."""
+    if dbapi_connection.closed:
+        raise DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_connection.pgconn.socket, select.POLLIN)
+    if poller.poll(0):
+        raise DisconnectionError("the server closed the connection while it was idle")
 
 
 def new_session() -> Session:
     get_engine()
     assert _sessionmaker is not None
     return _sessionmaker()
+
+
+def autocommit_session() -> Session:
+    """A session whose every statement stands alone, without the round trips of BEGIN and
+    COMMIT or ROLLBACK: for reads, and for a single write that needs no transaction."""
+    get_engine()
+    assert _autocommit_sessionmaker is not None
+    return _autocommit_sessionmaker()
 
 
 @contextmanager

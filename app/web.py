@@ -20,7 +20,7 @@ from werkzeug.routing import BaseConverter
 
 from app import errors
 from app.config import get_settings
-from app.db import new_session
+from app.db import autocommit_session, new_session
 from app.serve import off_the_hub
 
 log = logging.getLogger("imagejobs.api")
@@ -35,9 +35,10 @@ class ImageIdConverter(BaseConverter):
 
 
 def db_session() -> Session:
-    """The request's session, opened on first use and closed when the request ends."""
+    """The request's session, opened on first use and closed when the request ends. A GET or
+    HEAD only reads, so its statements skip the round trips of a transaction."""
     if "db" not in g:
-        g.db = new_session()
+        g.db = autocommit_session() if request.method in ("GET", "HEAD") else new_session()
     return g.db
 
 

@@ -39,6 +39,8 @@ JOB_STATES = StateMachine("job", {
 }, final={J.COMPLETED, J.ERROR, J.EXPIRED})
 ACTIVE = (J.NEW.value, J.QUEUED.value, J.SCHEDULED.value, J.RUNNING.value)
 _IS_ACTIVE = "state IN (" + ", ".join(f"'{state}'" for state in ACTIVE) + ")"
+# The rows among which a job's hash is unique: an equal job still unfinished is the same job.
+UNFINISHED_DUPLICATES = f"limit_duplicates AND {_IS_ACTIVE}"
 
 
 class Job(Base):
@@ -46,7 +48,7 @@ class Job(Base):
     __table_args__ = (
         # At most one unfinished job per hash: the database, not a race, decides duplicates.
         Index("uq_jobs_active_hash", "hash", unique=True,
-              postgresql_where=text(f"limit_duplicates AND {_IS_ACTIVE}")),
+              postgresql_where=text(UNFINISHED_DUPLICATES)),
         Index("ix_jobs_hub_created", "hub_id", "id"),
         Index("ix_jobs_unfinished", "state", postgresql_where=text(_IS_ACTIVE)),
     )

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from app import errors
@@ -18,7 +18,7 @@ from app.config import get_settings
 from app.db import is_id, like_pattern, new_id, rfc3339, utcnow
 from app.filters import by_state
 from app.jobs import queueing
-from app.jobs.models import ACTIVE, Job, JobState
+from app.jobs.models import ACTIVE, UNFINISHED_DUPLICATES, Job, JobState
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,13 @@ def create_job(session: Session, *, hub_id: str, creator: dict[str, str], action
     The caller commits, then calls `publish`: a job is in Postgres before the broker hears of it.
     """
     digest = job_hash(hub_id, action, task.input)
-    existing = _active_with_hash(session, digest)
-    if existing is not None:
-        return existing
     now = utcnow()
-    job = Job(
+    values = dict(
         id=new_id(), hub_id=hub_id, action=action, queue=queue, caption=caption,
         subject_id=subject_id, parent_id=parent_id, input=task.input, hash=digest,
         limit_duplicates=True,
         creator_type=creator["type"], creator_id=creator["id"], state=JobState.QUEUED,
-        state_changed=now, queued_at=now, schedule=now,
+        state_changed=now, queued_at=now, schedule=now, attempt=0,
         expires=now + timedelta(seconds=get_settings().job_ttl_seconds),
         tasks=[{
             "id": new_id(), "caption": task.caption, "header": task.header,
@@ -60,16 +57,20 @@ def create_job(session: Session, *, hub_id: str, creator: dict[str, str], action
             "input": task.input, "output": None, "error": None,
         }],
     )
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        # An equal job was created between our look and our insert.
-        existing = _active_with_hash(session, digest)
-        if existing is None:
-            raise
-        return existing
-    return job
+    # One statement decides it: the insert, or nothing when an equal job is unfinished.
+    insert_unless_duplicate = (
+        pg_insert(Job).values(**values)
+        .on_conflict_do_nothing(index_elements=["hash"],
+                                index_where=text(UNFINISHED_DUPLICATES))
+        .returning(Job))
+    for _ in range(3):
+        job = session.scalars(insert_unless_duplicate).first()
+        if job is None:
+            job = _active_with_hash(session, digest)
+        if job is not None:
+            return job
+        # The equal job finished between the insert and the look: insert again.
+    raise RuntimeError(f"job {digest} could neither be inserted nor found")
 
 
 def _active_with_hash(session: Session, digest: str) -> Job | None:

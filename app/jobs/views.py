@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint
 from sqlalchemy.orm import Session
 
+from app.db import autocommit_session
 from app.hubs.auth import current, requires
 from app.hubs.documents import creators_include
 from app.hubs.models import Capability
@@ -21,8 +22,8 @@ blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 def accepted(session: Session, job: Job) -> tuple[dict[str, Any], int]:
     """The 202 of a job-creating call: commit, then publish (Postgres hears first), describe."""
     session.commit()
-    services.publish(session, job)
-    session.commit()
+    with autocommit_session() as note:
+        services.publish(note, job)
     return {"data": job_descriptor(job)}, 202
 
 
