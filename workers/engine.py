@@ -6,6 +6,7 @@ saying whether trying again later may help.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,23 +64,39 @@ def engine_name(reference: str) -> tuple[str, str, str]:
     return repository, tag, f"{repository}:{tag}"
 
 
+# One client per engine and process: its API version is negotiated once and its connections are
+# kept, instead of a version call and a new connection for every job.
+_clients: dict[tuple[int, str, float], docker.DockerClient] = {}
+
+
+def _client(base_url: str, timeout: float) -> docker.DockerClient:
+    key = (os.getpid(), base_url, timeout)  # a forked child must not share its parent's sockets
+    if key not in _clients:
+        _clients[key] = docker.DockerClient(base_url=base_url, version="auto", timeout=timeout)
+    return _clients[key]
+
+
 class Engine:
-    """One connection to a Docker engine (`DOCKER_HOST`), API version negotiated."""
+    """A Docker engine (`DOCKER_HOST`), through this process's client for it."""
 
     def __init__(self, base_url: str | None = None):
         settings = get_settings()
         self.base_url = base_url or settings.docker_host
+        self.timeout = settings.engine_timeout_seconds
         try:
-            self.client = docker.DockerClient(base_url=self.base_url, version="auto",
-                                              timeout=settings.engine_timeout_seconds)
+            self.client = _client(self.base_url, self.timeout)
         except docker.errors.DockerException as exc:
             raise _unavailable(self.base_url, exc) from None
+        self._private = False
+        self._inspected: dict[str, dict[str, Any]] = {}
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.client.close()
+        self._inspected.clear()
+        if self._private:
+            self.client.close()
 
     def pull(self, reference: str, auth: RegistryAuth | None) -> Pulled:
         """Pull `reference`: the image the engine holds for it, and whether the pull made its name.
@@ -118,13 +135,20 @@ class Engine:
 
     def _id_of(self, name: str) -> str | None:
         try:
-            return self.client.api.inspect_image(name)["Id"]
+            attrs = self.client.api.inspect_image(name)
         except docker.errors.ImageNotFound:
             return None
+        self._inspected[attrs["Id"]] = attrs  # what `inspect` answers next, without asking again
+        return attrs["Id"]
 
     def login(self, auth: RegistryAuth) -> None:
-        """Check credentials with their registry and keep them for this client's builds."""
+        """Check credentials with their registry and keep them for this client's builds.
+
+        A client that logs in is this job's alone: the process's shared one never holds a
+        hub's credentials, so no later job can pull with them.
+        """
         try:
+            self._own_client()
             self.client.login(username=auth.username, password=auth.password,
                               registry=auth.server, reauth=True)
         except docker.errors.APIError as exc:
@@ -133,6 +157,14 @@ class Engine:
                               transient=_looks_unreachable(str(exc.explanation))) from None
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
+
+    def _own_client(self) -> None:
+        """From here on, a client of this job's alone, closed with it: one that logs in, or whose
+        connection a build's deadline may cut."""
+        if not self._private:
+            self.client = docker.DockerClient(base_url=self.base_url, version="auto",
+                                              timeout=self.timeout)
+            self._private = True
 
     def build(self, context: IO[bytes], *, dockerfile: str, buildargs: dict[str, str],
               tag: str, cache_from: str, on_output: Callable[[str], None]) -> str:
@@ -148,6 +180,7 @@ class Engine:
         seconds = get_settings().build_timeout_seconds
         image_id = None
         try:
+            self._own_client()
             with Deadline(seconds) as deadline, _watched(self.client.api, deadline):
                 try:
                     for event in self.client.api.build(
@@ -182,6 +215,8 @@ class Engine:
             raise _unavailable(self.base_url, exc) from None
 
     def inspect(self, image_id: str) -> dict[str, Any]:
+        if image_id in self._inspected:
+            return self._inspected.pop(image_id)
         try:
             return self.client.api.inspect_image(image_id)
         except docker.errors.ImageNotFound:

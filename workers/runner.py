@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -42,10 +43,11 @@ class JobRun:
             yield session, job
 
     @staticmethod
-    def step(job: Job, caption: str, description: str) -> None:
-        """Close the current step (if any) and open the next, inside a `write()`."""
-        jobs.complete_step(job)
-        jobs.start_step(job, caption, description)
+    def step(job: Job, caption: str, description: str, at: datetime | None = None) -> None:
+        """Close the current step (if any) and open the next, inside a `write()`: now, or `at`,
+        for a step that began before this write (recorded with the next write the job makes)."""
+        jobs.complete_step(job, at)
+        jobs.start_step(job, caption, description, at)
 
 
 class _LeaseKeeper(threading.Thread):

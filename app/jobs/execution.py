@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
@@ -44,22 +44,20 @@ def claim(job_id: str, owner: str) -> Claim | None:
     settings = get_settings()
     with transaction() as session:
         now = utcnow()
-        row = session.execute(
+        job = session.scalars(
             update(Job)
             .where(Job.id == job_id, Job.state == JobState.QUEUED, Job.expires > now,
                    Job.schedule <= now)
             .values(state=JobState.RUNNING, state_changed=now, attempt=Job.attempt + 1,
                     lease_owner=owner, lease_expires=now + timedelta(seconds=settings.lease_seconds),
                     started_at=func.coalesce(Job.started_at, now))
-            .returning(Job.attempt, Job.action)
+            .returning(Job), execution_options={"populate_existing": True}
         ).first()
-        if row is None:
+        if job is None:
             _expire_if_due(session, job_id)
             return None
-        job = session.get(Job, job_id)
-        assert job is not None
         _set_task(job, state="running", started=True)
-        return Claim(job_id=job_id, attempt=row.attempt, action=row.action, hub_id=job.hub_id)
+        return Claim(job_id=job_id, attempt=job.attempt, action=job.action, hub_id=job.hub_id)
 
 
 def renew(claim: Claim) -> bool:
@@ -79,10 +77,9 @@ def holding_locks() -> Iterator[Session]:
 
     A worker frozen (or stuck) inside it would otherwise hold a job row, or the sweep, for as long
     as it is frozen; this way its session dies, the locks go, and its own commit fails later.
+    Every connection of the process carries that limit (`app.db.get_engine`).
     """
     with transaction() as session:
-        session.execute(text("SELECT set_config('idle_in_transaction_session_timeout', :ms, true)"),
-                        {"ms": str(get_settings().lease_seconds * 1000)})
         yield session
 
 
@@ -107,18 +104,20 @@ def fenced(claim: Claim) -> Iterator[tuple[Session, Job]]:
         yield session, job
 
 
-def start_step(job: Job, caption: str, description: str) -> None:
+def start_step(job: Job, caption: str, description: str, at: datetime | None = None) -> None:
+    """Open a step, started now or `at` (when it began before this write)."""
     task = dict(job.tasks[0])
     task["steps"] = [*task["steps"], {"caption": caption, "description": description,
-                                      "started": rfc3339(utcnow()), "completed": rfc3339(None)}]
+                                      "started": rfc3339(at or utcnow()),
+                                      "completed": rfc3339(None)}]
     job.tasks = [task, *job.tasks[1:]]
 
 
-def complete_step(job: Job) -> None:
+def complete_step(job: Job, at: datetime | None = None) -> None:
     task = dict(job.tasks[0])
     steps = [dict(s) for s in task["steps"]]
     if steps and steps[-1]["completed"] == rfc3339(None):
-        steps[-1]["completed"] = rfc3339(utcnow())
+        steps[-1]["completed"] = rfc3339(at or utcnow())
     task["steps"] = steps
     job.tasks = [task, *job.tasks[1:]]
 

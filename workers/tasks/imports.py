@@ -147,13 +147,17 @@ def _bring_in(job_run: JobRun, plan: _Plan) -> tuple[str, dict[str, Any], dict[s
         try:
             file_id = importer_of(plan.origin["type"]).produce(job_run, engine, plan, staging,
                                                               dropped)
-            with job_run.write() as (session, job):
-                session.get(Image, plan.image_id, with_for_update=True).move_to(ImageState.VERIFYING)
-                job_run.step(job, "Verify", "Reading the image's configuration and size")
+            # Reading the config takes an engine call, not a write of its own: the step is
+            # recorded, with its real times, by the write before the tag.
+            verifying = utcnow()
             attrs = engine.inspect(file_id)
             config = image_config(attrs)
             with job_run.write() as (session, job):
-                session.get(Image, plan.image_id, with_for_update=True).move_to(ImageState.SAVING)
+                image = session.get(Image, plan.image_id, with_for_update=True)
+                image.move_to(ImageState.VERIFYING)
+                image.move_to(ImageState.SAVING)
+                job_run.step(job, "Verify", "Reading the image's configuration and size",
+                             at=verifying)
                 job_run.step(job, "Save", "Tagging the image in the engine of this node")
             engine.tag(file_id, repository, tag)
         finally:
