@@ -143,4 +143,4 @@ def test_no_secret_is_logged(run):
 def test_an_unknown_log_format_is_refused_at_start(monkeypatch):
     monkeypatch.setenv("IMAGEJOBS_LOG_FORMAT", "yaml")
     with pytest.raises(ConfigError, match="IMAGEJOBS_LOG_FORMAT='yaml': expected one of text, json"):
-        Settings()
+        Settings.from_env()
