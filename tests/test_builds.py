@@ -21,8 +21,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from tests.conftest import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, BASE_IMAGE, ROOT, TEST_DATABASE
-from tests.helpers import (
+from tests.api_calls import (
     assert_error,
     assert_failed,
     assert_live_in_engine,
@@ -34,6 +33,7 @@ from tests.helpers import (
     parse_time,
 )
 from tests.servers import FileServer, GitServer, Revision
+from tests.services import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, BASE_IMAGE, ROOT, TEST_DATABASE
 from workers.context import ContextError, Packer, pack_archive
 
 BUILD_STEPS = ["Fetch context", "Build", "Verify", "Save"]

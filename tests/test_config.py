@@ -18,9 +18,9 @@ from sqlalchemy import select
 from app import vault
 from app.db import transaction
 from app.models import Hub, Image, ImageSource
-from tests.conftest import AUTH_PASSWORD, AUTH_USER, ROOT, TEST_DATABASE
-from tests.helpers import assert_failed, create_image, create_source, import_and_wait, oci_origin
+from tests.api_calls import assert_failed, create_image, create_source, import_and_wait, oci_origin
 from tests.processes import ApiClient, api_server, free_port, own_database
+from tests.services import AUTH_PASSWORD, AUTH_USER, ROOT, TEST_DATABASE
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:

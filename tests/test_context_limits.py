@@ -26,9 +26,9 @@ import pytest
 
 from app.archives import ArchiveRefused, open_tar
 from app.config import get_settings
-from tests.conftest import ROOT
-from tests.helpers import assert_error, assert_failed, get_image, image_from, import_and_wait
+from tests.api_calls import assert_error, assert_failed, get_image, image_from, import_and_wait
 from tests.servers import DripServer, FileServer, GitServer, Revision, git
+from tests.services import ROOT
 from workers import context
 from workers.context import (
     ContextError,

@@ -24,7 +24,7 @@ from app.jobs import execution
 from app.jobs.execution import LeaseLost
 from app.jobs.services import NewTask, create_job
 from app.models import Image, ImageSource, ImageState, Job, JobState
-from tests.conftest import Tenant
+from tests.api_calls import Tenant
 
 IDLE_QUEUE = "imagejobs-test-idle"
 

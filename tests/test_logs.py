@@ -18,9 +18,9 @@ import pytest
 import requests
 
 from app.config import ConfigError, Settings
-from tests.conftest import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, TEST_DATABASE
-from tests.helpers import registry_origin, repository_path
+from tests.api_calls import registry_origin, repository_path
 from tests.processes import ApiClient, api_server, free_port, imagejobs, own_database
+from tests.services import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, TEST_DATABASE
 from tests.test_ready import redis_server
 
 NODE = "logs-node"
