@@ -1,5 +1,6 @@
-"""Settings read once from the environment (and the env file), with defaults that work on a development
-machine; a value that cannot be used is a ConfigError naming the variable."""
+"""Settings: an object each process is given (create_app, the worker), read from the environment and
+the env file when none is; defaults work on a development machine, and a value that cannot be used
+is a ConfigError naming the variable."""
 
 from __future__ import annotations
 

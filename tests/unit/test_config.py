@@ -104,3 +104,4 @@ def test_a_service_without_a_secret_key_is_refused():
 ])
 def test_a_url_is_named_without_its_password(url, shown):
     assert redact_url(url) == shown
+
