@@ -222,7 +222,7 @@ class Settings:
     retry_seconds: int = setting("IMAGEJOBS_RETRY_SECONDS", 5)
     # On SIGTERM a worker lets its running jobs finish for this long, then stops them; their
     # leases lapse and other workers take them over.
-    shutdown_seconds: float = setting("IMAGEJOBS_SHUTDOWN_SECONDS", 20, _float)
+    shutdown_seconds: float = setting("IMAGEJOBS_SHUTDOWN_SECONDS", 20.0, _float)
     sweep_seconds: int = setting("IMAGEJOBS_SWEEP_SECONDS", 5)
     # The broker hands an unacknowledged message out again after this long (Kombu's Redis
     # transport never extends it while a task runs); the claim keeps a second delivery idle.

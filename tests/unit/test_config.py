@@ -83,6 +83,12 @@ def test_secret_keys_are_read_from_their_file(environ, tmp_path):
         Settings.from_env({**environ, "IMAGEJOBS_SECRET_KEY_FILE": str(tmp_path / "keys")})
 
 
+def test_an_empty_environment_gives_the_defaults_settings_are_built_with(environ):
+    read = Settings.from_env(environ)
+    assert read == Settings()
+    assert (read.shutdown_seconds, read.lease_seconds, read.log_format) == (20.0, 30, "text")
+
+
 def test_settings_built_directly_read_no_environment(monkeypatch):
     monkeypatch.setenv("IMAGEJOBS_LEASE_SECONDS", "thirty")
     settings = Settings(lease_seconds=7, secret_keys=["k"])
