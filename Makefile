@@ -58,6 +58,10 @@ image: install services ## Build the container image imagejobs:latest (deploy/Do
 test: services install ## Run the whole test suite against the real services
 	$(BIN)/pytest --ignore=tests/conformance $(PYTEST_ARGS)
 
+# The fuzzers' pytest plugins take longer to load than the unit tests take to run; none uses them.
+unit: install ## Run the unit tests alone (tests/unit: pure functions, no service needed, seconds)
+	$(BIN)/pytest -p no:schemathesis -p no:hypothesispytest -p no:anyio tests/unit $(PYTEST_ARGS)
+
 conformance: install ## Compare the API with the Cycle spec extract (SPEC_DIR)
 	IMAGEJOBS_SPEC_DIR=$(SPEC_DIR) $(BIN)/pytest tests/conformance $(PYTEST_ARGS)
 
@@ -80,4 +84,4 @@ lint: install ## ruff
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .test-logs *.egg-info
 
-.PHONY: help install lock services image run test conformance bench faults load fuzz lint clean
+.PHONY: help install lock services image run test unit conformance bench faults load fuzz lint clean

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app.config import check_service, get_settings
+from app.config import Settings, check_service, use_settings
 
 
-def create_app() -> Flask:
-    """The Flask application: one blueprint per resource, errors always in the spec's envelope."""
+def create_app(settings: Settings | None = None) -> Flask:
+    """The Flask application: one blueprint per resource, errors always in the spec's envelope.
+
+    `settings` become the process's own; without them they are read from the environment."""
     from app import logs, metrics, web
     from app.images.views import blueprint as images
     from app.jobs.views import blueprint as jobs
@@ -16,11 +18,12 @@ def create_app() -> Flask:
     from app.ready import blueprint as ready
     from app.sources.views import blueprint as sources
 
-    check_service(get_settings(), worker=False)
+    settings = use_settings(settings)
+    check_service(settings, worker=False)
     logs.configure()
     app = Flask(__name__)
     app.wsgi_app = logs.with_request_ids(app.wsgi_app)
-    app.config["MAX_CONTENT_LENGTH"] = get_settings().max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # OPTIONS would otherwise be answered by Flask with an empty HTML page.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.json.sort_keys = False

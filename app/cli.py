@@ -14,10 +14,12 @@ import sqlalchemy.exc
 
 from app.config import (
     ConfigError,
+    Settings,
     check_service,
     get_settings,
     new_secret_key,
     redact_url,
+    use_settings,
     write_key_file,
 )
 from app.jobs.queueing import SHARED_QUEUES, node_queue
@@ -312,7 +314,7 @@ def dev(host: str, port: int, concurrency: int) -> None:
     if not get_settings().secret_keys:
         write_key_file(DEV_KEY_FILE)
         os.environ["IMAGEJOBS_SECRET_KEY_FILE"] = str(DEV_KEY_FILE)
-        get_settings.cache_clear()
+        use_settings(Settings.from_env())
     migrations.create_database_if_missing()
     migrations.upgrade()
     processes = [subprocess.Popen(api_command(host, port, 1)),

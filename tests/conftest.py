@@ -1,11 +1,13 @@
-"""Test services: a fresh Postgres database, a Redis database, the local Docker engine and registries.
+"""Fixtures on the test services (tests/services.py): a fresh Postgres database and Redis database,
+the local Docker engine and registries.
 
 `make test` starts the services (deploy/local-services.sh) before pytest. Tests that need Docker
-fail, never skip, when it is missing.
+fail, never skip, when it is missing. A run of tests/unit alone touches none of them.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -16,72 +18,41 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# Settings are read once, so the test environment is in place before the app is imported.
-TEST_DATABASE = os.environ.get("IMAGEJOBS_TEST_DATABASE", "imagejobs_test")
-os.environ["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DATABASE}"
-os.environ["REDIS_URL"] = os.environ.get("IMAGEJOBS_TEST_REDIS", "redis://127.0.0.1:6379/15")
-os.environ["IMAGEJOBS_SECRET_KEY"] = "test-secret-key-not-for-production"
-os.environ["IMAGEJOBS_NODE_ID"] = "test-node"
-os.environ["IMAGEJOBS_SWEEP_SECONDS"] = "1"
-os.environ["IMAGEJOBS_RETRY_SECONDS"] = "1"
-os.environ["IMAGEJOBS_PUBLISH_GRACE_SECONDS"] = "2"
-# The tests' registries, git and file servers listen on 127.0.0.1, which users may not reach
-# unless the operator allows it; 127.0.0.2 and the rest of loopback stay refused.
-os.environ["IMAGEJOBS_ALLOWED_NETWORKS"] = "127.0.0.1/32"
-# Small enough that the tests reach them quickly: a server that never answers, a long build log.
-os.environ["IMAGEJOBS_FETCH_TIMEOUT"] = "3"
-# A download's whole time: past the fetch timeout, so that a silent server still trips that first.
-os.environ["IMAGEJOBS_FETCH_MAX_SECONDS"] = "6"
-os.environ["IMAGEJOBS_BUILD_LOG_MAX_CHARS"] = "200000"
-# Each test database its own upload folder: tests look into it, and its sweeper judges files of
-# images it does not know by their age alone.
-os.environ["IMAGEJOBS_UPLOAD_DIR"] = str(Path(__file__).resolve().parent.parent / ".test-logs"
-                                         / f"uploads-{TEST_DATABASE}")
-os.environ.setdefault("DOCKER_HOST", "unix:///var/run/docker.sock")
-# The machine's env file (`deploy/local-services.sh` writes one for `make run`) is not the tests'.
-os.environ["IMAGEJOBS_ENV_FILE"] = str(Path(__file__).resolve().parent / "no-env-file")
+import pytest
+import redis
 
-import pytest  # noqa: E402
-import redis  # noqa: E402
+from app import create_app, migrations
+from app.config import Settings, use_settings
+from tests.api_calls import Api, Tenant, make_tenant
+from tests.image_builds import dockerfile_context
+from tests.services import (
+    AUTH_PASSWORD,
+    AUTH_REGISTRY,
+    AUTH_USER,
+    REGISTRY,
+    ROOT,
+    TEST_DATABASE,
+    TEST_ENVIRONMENT,
+    recreate_database,
+)
 
-from app import create_app, migrations  # noqa: E402
-from app.db import transaction  # noqa: E402
-from app.hubs.services import create_hub, create_key  # noqa: E402
-from tests.support import dockerfile_context, recreate_database  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-REGISTRY = "127.0.0.1:5000"
-AUTH_REGISTRY = "127.0.0.1:5001"
-AUTH_USER, AUTH_PASSWORD = "imagejobs", "imagejobs-registry-pass"
-BASE_IMAGE = "imagejobs/busybox:latest"
+# The processes the tests start (API servers, workers, commands) read their settings from the
+# environment, as deployed ones do; this process is given them as an object.
+os.environ.update(TEST_ENVIRONMENT)
+SETTINGS = use_settings(Settings.from_env(os.environ))
+UNIT = Path(__file__).resolve().parent / "unit"
 
 
-def pytest_configure(config: pytest.Config) -> None:
+@pytest.fixture(scope="session", autouse=True)
+def services(request: pytest.FixtureRequest) -> None:
+    """Before the first test, unless every test is a unit test: a fresh database, migrated, an
+    empty Redis database, and no uploads left by the last run's database, which is gone."""
+    if all(UNIT in item.path.parents for item in request.session.items):
+        return
     recreate_database(TEST_DATABASE)
-    # The uploads of the last run's database, which is gone.
-    shutil.rmtree(os.environ["IMAGEJOBS_UPLOAD_DIR"], ignore_errors=True)
+    shutil.rmtree(SETTINGS.upload_dir, ignore_errors=True)
     migrations.upgrade()
-    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
-
-
-@dataclass
-class Tenant:
-    """A hub with a key; `headers` authenticate as it."""
-
-    hub_id: str
-    key_id: str
-    secret: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.secret}", "X-Hub-Id": self.hub_id}
-
-
-def make_tenant(*capabilities: str) -> Tenant:
-    with transaction() as session:
-        hub = create_hub(session, f"hub-{uuid.uuid4().hex[:8]}")
-        key, secret = create_key(session, hub.id, "test key", capabilities)
-        return Tenant(hub.id, key.id, secret)
+    redis.Redis.from_url(SETTINGS.redis_url).flushdb()
 
 
 @pytest.fixture
@@ -96,36 +67,12 @@ def other_tenant() -> Tenant:
 
 @pytest.fixture(scope="session")
 def app():
-    return create_app()
+    return create_app(SETTINGS)
 
 
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-class Api:
-    """The Flask test client, authenticated as one tenant."""
-
-    def __init__(self, client, tenant: Tenant):
-        self.client = client
-        self.tenant = tenant
-
-    def __getattr__(self, method: str):
-        def call(path: str, **kwargs):
-            headers = {**self.tenant.headers, **kwargs.pop("headers", {})}
-            return getattr(self.client, method)(path, headers=headers, **kwargs)
-        return call
-
-    def wait_for_job(self, job_id: str, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.get(f"/v1/jobs/{job_id}").get_json()["data"]
-            if job["state"]["current"] in ("completed", "error", "expired"):
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} still {job['state']['current']}: {job}")
-            time.sleep(0.2)
 
 
 @pytest.fixture
@@ -139,10 +86,10 @@ def docker_client():
     import docker
 
     try:
-        client = docker.DockerClient(base_url=os.environ["DOCKER_HOST"], version="auto")
+        client = docker.DockerClient(base_url=SETTINGS.docker_host, version="auto")
         client.ping()
     except Exception as exc:
-        pytest.fail(f"the Docker engine at {os.environ['DOCKER_HOST']} is not running ({exc}); "
+        pytest.fail(f"the Docker engine at {SETTINGS.docker_host} is not running ({exc}); "
                     "run deploy/local-services.sh (make test does)")
     yield client
     client.close()
@@ -197,8 +144,6 @@ class PushedImage:
 
 @pytest.fixture(scope="session")
 def pushed_image(docker_client) -> PushedImage:
-    import io
-
     context = io.BytesIO(dockerfile_context(DOCKERFILE, compress=False))
     image, _ = docker_client.images.build(fileobj=context, custom_context=True,
                                           tag="imagejobs-tests/configured:v1", rm=True)

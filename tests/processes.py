@@ -13,14 +13,29 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import ROOT
-from tests.support import recreate_database
+from tests.services import ROOT, recreate_database
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (a worker's pool), read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it ended while we looked
+            continue
+        # The command name is in parentheses and may hold spaces: split after its closing one.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
 
 
 def cli(env: dict[str, str], *args: str) -> str:

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from app.db import new_id, transaction
 from app.hubs.models import Capability
 from app.models import ApiKey
-from tests.conftest import ROOT, Tenant, make_tenant
-from tests.helpers import assert_error
+from tests.api_calls import Tenant, assert_error, make_tenant
+from tests.services import ROOT
 
 SOURCES = "/v1/images/sources"
 ID = "{id}"

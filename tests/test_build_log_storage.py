@@ -16,9 +16,8 @@ from app.jobs import execution
 from app.jobs.execution import Claim
 from app.jobs.services import NewTask, create_job
 from app.models import Image, Job
-from tests.conftest import ROOT, Tenant
-from tests.helpers import stored_image
-from tests.support import ADMIN_URL, recreate_database
+from tests.api_calls import Tenant, stored_image
+from tests.services import ADMIN_URL, ROOT, recreate_database
 from workers.buildlog import BuildLogWriter, open_log
 
 IDLE_QUEUE = "imagejobs-test-idle"

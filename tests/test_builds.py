@@ -21,8 +21,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from tests.conftest import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, BASE_IMAGE, ROOT, TEST_DATABASE
-from tests.helpers import (
+from tests.api_calls import (
     assert_error,
     assert_failed,
     assert_live_in_engine,
@@ -34,6 +33,7 @@ from tests.helpers import (
     parse_time,
 )
 from tests.servers import FileServer, GitServer, Revision
+from tests.services import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, BASE_IMAGE, ROOT, TEST_DATABASE
 from workers.context import ContextError, Packer, pack_archive
 
 BUILD_STEPS = ["Fetch context", "Build", "Verify", "Save"]
@@ -521,15 +521,3 @@ def test_the_packer_refuses_a_context_past_its_limits(limits, words):
         packed(archive, **limits)
 
     assert words in refused.value.message
-
-
-@pytest.mark.parametrize("detail, transient", [
-    # Other work deleted a cached child image while the classic builder read it (seen under load).
-    ('unable to find image "sha256:d2478357c4cc0a1b"', True),
-    ("The command '/bin/sh -c exit 3' returned a non-zero code: 3", False),
-    ("dockerfile parse error line 2: unknown instruction: RUNN", False),
-])
-def test_only_a_build_that_lost_a_cached_image_to_other_work_is_worth_retrying(detail, transient):
-    from workers.engine import build_failed
-
-    assert build_failed(detail).transient is transient

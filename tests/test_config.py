@@ -1,9 +1,11 @@
 """Settings an operator gets wrong are refused at start, in one line naming the variable; settings
-kept in the env file are used; credentials sealed with another key end their job in `error`."""
+kept in the env file are used; credentials sealed with another key end their job in `error`; the
+API and the worker run on the settings they are given."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import stat
@@ -15,12 +17,13 @@ import requests
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from app import vault
+from app import create_app, vault
+from app.config import get_settings, use_settings
 from app.db import transaction
 from app.models import Hub, Image, ImageSource
-from tests.conftest import AUTH_PASSWORD, AUTH_USER, ROOT, TEST_DATABASE
-from tests.helpers import assert_failed, create_image, create_source, import_and_wait, oci_origin
+from tests.api_calls import assert_failed, create_image, create_source, import_and_wait, oci_origin
 from tests.processes import ApiClient, api_server, free_port, own_database
+from tests.services import AUTH_PASSWORD, AUTH_USER, ROOT, TEST_DATABASE
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -173,3 +176,31 @@ def test_a_database_out_of_reach_is_one_line_without_its_password(bare_env):
     line = result.stderr.strip()
     assert line.startswith("Error: cannot use the database at postgresql+psycopg://imagejobs:***@")
     assert "Connection refused" in line and "\n" not in line and "hunter2-db-pass" not in line
+
+
+def test_the_api_runs_on_the_settings_it_is_given():
+    before = get_settings()
+    given = dataclasses.replace(before, max_body_bytes=2048, page_size_max=7)
+    try:
+        app = create_app(given)
+        assert get_settings() is given
+        assert app.config["MAX_CONTENT_LENGTH"] == 2048
+    finally:
+        use_settings(before)
+
+
+def test_the_worker_runs_on_the_settings_it_is_given(bare_env):
+    # In a process of its own: the worker's Celery app becomes its process's default.
+    script = """if True:
+        from app.config import Settings, get_settings
+        from workers.celery_app import create_worker_app
+        given = Settings(secret_keys=["k"], node_id="node-7", shutdown_seconds=7,
+                         redis_url="redis://cache.example:6379/3")
+        app = create_worker_app(given)
+        print(get_settings() is given, app.conf.broker_url, app.conf.worker_soft_shutdown_timeout)
+        """
+    # Importing the module makes the app `celery -A` runs, from this environment.
+    environment = {**bare_env, "IMAGEJOBS_SECRET_KEY": "env-key", "IMAGEJOBS_NODE_ID": "env-node"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=environment, cwd=ROOT, timeout=60)
+    assert result.stdout.split() == ["True", "redis://cache.example:6379/3", "7"], result.stderr

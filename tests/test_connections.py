@@ -7,7 +7,7 @@ import time
 from sqlalchemy import create_engine, text
 
 from app.db import get_engine
-from tests.support import ADMIN_URL
+from tests.services import ADMIN_URL
 
 
 def pooled_backend_pids() -> set[int]:

@@ -26,20 +26,18 @@ import pytest
 
 from app.archives import ArchiveRefused, open_tar
 from app.config import get_settings
-from tests.conftest import ROOT
-from tests.helpers import assert_error, assert_failed, get_image, image_from, import_and_wait
+from tests.api_calls import assert_error, assert_failed, get_image, image_from, import_and_wait
 from tests.servers import DripServer, FileServer, GitServer, Revision, git
+from tests.services import ROOT
 from workers import context
 from workers.context import (
     ContextError,
     Packer,
     RepoSpec,
-    clean_path,
     clone,
     download,
     pack_archive,
     pack_directory,
-    redact,
 )
 
 MIB = 1024 * 1024
@@ -440,20 +438,6 @@ def test_a_repository_with_a_link_chain_is_refused(tmp_path, repos):
 
 # Paths a source names ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("value", "path"), [
-    (None, ""), ("", ""), ("/", ""), ("./app/", "app"), ("/app//web", "app/web"), ("a.b/..c", "a.b/..c"),
-])
-def test_context_paths_are_made_relative(value, path):
-    assert clean_path(value) == path
-
-
-@pytest.mark.parametrize("value", ["..", "../x", "/../x", "a/../b", "a/..", "./../Dockerfile",
-                                   " ../x "])
-def test_a_context_path_with_dot_dot_is_refused_not_rerooted(value):
-    with pytest.raises(ContextError, match="leaves the build context"):
-        clean_path(value)
-
-
 @pytest.mark.parametrize("field", ["context_dir", "build_file"])
 @pytest.mark.parametrize("value", ["../etc", "/../Dockerfile", "app/../../x"])
 def test_the_api_refuses_dot_dot_in_context_paths(api, field, value):
@@ -463,19 +447,3 @@ def test_the_api_refuses_dot_dot_in_context_paths(api, field, value):
 
     error = assert_error(response, 422, "422.invalid-input", f"/origin/details/{field}")
     assert "`..`" in error["detail"]
-
-
-# Shown URLs ----------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("url", "shown"), [
-    ("http://[::1]:8080/x.tar.gz", "http://[::1]:8080/x.tar.gz"),
-    ("https://[2001:db8::1]/ctx.tgz?X-Amz-Signature=secret", "https://[2001:db8::1]/ctx.tgz"),
-    ("https://user:pa@ss@files.example.com/a.tgz", "https://files.example.com/a.tgz"),
-    ("https://Files.Example.com:99999/a.tgz#frag", "https://Files.Example.com:99999/a.tgz"),
-    ("git@github.com:org/app.git", "github.com:org/app.git"),
-    ("user:secret@host:org/app@v1.git", "host:org/app@v1.git"),
-    ("ssh://git@[::1]:2222/org/app.git", "ssh://[::1]:2222/org/app.git"),
-])
-def test_urls_are_shown_without_credentials_or_query_and_keep_their_host(url, shown):
-    assert redact(url) == shown
-

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ROOT, TEST_DATABASE
-from tests.processes import ApiClient, api_server, imagejobs, own_database
+from tests.image_builds import dockerfile_context
+from tests.processes import ApiClient, api_server, children, imagejobs, own_database
 from tests.servers import FileServer
-from tests.support import children, dockerfile_context
+from tests.services import ROOT, TEST_DATABASE
 
 REDIS = "redis://127.0.0.1:6379/3"
 ENV = {"REDIS_URL": REDIS, "IMAGEJOBS_LEASE_SECONDS": "3", "IMAGEJOBS_MAX_ATTEMPTS": "3"}

@@ -7,7 +7,7 @@ import uuid
 import docker.errors
 import pytest
 
-from tests.helpers import (
+from tests.api_calls import (
     assert_error,
     create_image,
     create_source,
@@ -134,7 +134,7 @@ def test_deleting_twice_or_importing_a_deleted_image_is_refused(api, live_image)
 
 
 def test_another_hubs_image_cannot_be_deleted(api, client, other_tenant, live_image):
-    from tests.conftest import Api
+    from tests.api_calls import Api
 
     image = live_image()
     assert_error(Api(client, other_tenant).delete(f"/v1/images/{image['id']}"), 404, "404.image")
@@ -237,7 +237,7 @@ def test_a_prune_of_no_or_unknown_sources_is_refused(api, contents, status, code
 
 
 def test_a_prune_of_another_hubs_source_is_refused(api, client, other_tenant):
-    from tests.conftest import Api
+    from tests.api_calls import Api
 
     foreign = create_source(Api(client, other_tenant), {"type": "none"})
     assert_error(api.post("/v1/images/tasks", json={

@@ -22,11 +22,11 @@ import redis
 from sqlalchemy import create_engine, text
 
 from app.images.models import engine_tag
-from tests.conftest import AUTH_PASSWORD, AUTH_USER, ROOT
-from tests.helpers import repository_path
+from tests.api_calls import repository_path
+from tests.image_builds import build_image, dockerfile_context
 from tests.processes import ApiClient, free_port
 from tests.servers import FileServer, GitServer, Revision
-from tests.support import build_image, dockerfile_context, recreate_database
+from tests.services import AUTH_PASSWORD, AUTH_USER, ROOT, recreate_database
 
 pytestmark = pytest.mark.docker
 

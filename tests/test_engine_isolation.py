@@ -25,10 +25,10 @@ from app.config import get_settings
 from app.db import transaction
 from app.images.models import engine_tag
 from app.models import Image
-from tests.conftest import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, BASE_IMAGE, Api, make_tenant
-from tests.helpers import assert_error, create_image, create_source, get_image, image_from
+from tests.api_calls import Api, assert_error, create_image, create_source, get_image, image_from, make_tenant
+from tests.image_builds import dockerfile_context
 from tests.servers import FileServer
-from tests.support import dockerfile_context
+from tests.services import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, BASE_IMAGE
 from workers.engine import BuildFailed, Engine
 
 PRIVATE_BASE = f"{AUTH_REGISTRY}/private/busybox:latest"  # pushed by deploy/local-services.sh

@@ -18,9 +18,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import ROOT, TEST_DATABASE
-from tests.helpers import registry_origin, repository_path
+from tests.api_calls import registry_origin, repository_path
 from tests.processes import ApiClient, api_server, imagejobs, own_database
+from tests.services import ROOT, TEST_DATABASE
 
 ENGINE_B = "unix:///var/run/imagejobs/docker-b.sock"
 ENGINE_B_PIDFILE = Path("/var/run/imagejobs/docker-b.pid")

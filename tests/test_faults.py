@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.services import ROOT
 
 # Not imported from tests.faults: importing that package points this process's environment (and
 # so every later test's child processes) at the harness's private services.

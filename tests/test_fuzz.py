@@ -41,9 +41,9 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.exceptions import HTTPException
 
 from app.jobs.queueing import node_queue
-from tests.conftest import TEST_DATABASE
-from tests.helpers import registry_origin
+from tests.api_calls import registry_origin
 from tests.processes import api_server, cli, imagejobs, own_database
+from tests.services import TEST_DATABASE
 
 DATABASE = f"{TEST_DATABASE}_fuzz"
 REDIS_URL = os.environ.get("IMAGEJOBS_FUZZ_REDIS", "redis://127.0.0.1:6379/8")

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import ROOT
 from tests.processes import imagejobs
+from tests.services import ROOT
 
 NODE = "canary-node"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import AUTH_PASSWORD, ROOT
+from tests.image_builds import build_image
 from tests.processes import free_port
-from tests.support import build_image
+from tests.services import AUTH_PASSWORD, ROOT
 
 pytestmark = pytest.mark.docker
 

@@ -12,8 +12,8 @@ import pytest
 
 from app.db import transaction
 from app.hubs.services import create_key
-from tests.conftest import Api
-from tests.helpers import (
+from tests.api_calls import (
+    Api,
     assert_error,
     create_image,
     create_source,

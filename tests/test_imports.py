@@ -12,16 +12,7 @@ import docker.errors
 import pytest
 import requests
 
-from tests.conftest import (
-    AUTH_PASSWORD,
-    AUTH_REGISTRY,
-    AUTH_USER,
-    BASE_IMAGE,
-    REGISTRY,
-    ROOT,
-    TEST_DATABASE,
-)
-from tests.helpers import (
+from tests.api_calls import (
     assert_failed,
     assert_held_by_engine,
     assert_live_in_engine,
@@ -36,8 +27,9 @@ from tests.helpers import (
     registry_origin,
     repository_path,
 )
+from tests.image_builds import dockerfile_context
 from tests.servers import UnavailableServer
-from tests.support import dockerfile_context
+from tests.services import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, BASE_IMAGE, REGISTRY, ROOT, TEST_DATABASE
 from workers.engine import Engine, EngineError
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -24,8 +24,7 @@ from app.jobs import execution
 from app.jobs.execution import LeaseLost
 from app.jobs.services import NewTask, create_job
 from app.models import Image, ImageState, Job, JobState
-from tests.conftest import Tenant
-from tests.helpers import stored_image
+from tests.api_calls import Tenant, stored_image
 
 IDLE_QUEUE = "imagejobs-test-idle"
 

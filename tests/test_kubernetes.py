@@ -21,9 +21,8 @@ from sqlalchemy import create_engine, insert, text
 
 from app.db import utcnow
 from app.jobs.models import Job
-from tests.conftest import ROOT, TEST_DATABASE
 from tests.processes import cli
-from tests.support import recreate_database
+from tests.services import ROOT, TEST_DATABASE, recreate_database
 
 KUBERNETES_VERSION = "1.30.0"
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}

@@ -18,9 +18,9 @@ import pytest
 import requests
 
 from app.config import ConfigError, Settings
-from tests.conftest import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, TEST_DATABASE
-from tests.helpers import registry_origin, repository_path
+from tests.api_calls import registry_origin, repository_path
 from tests.processes import ApiClient, api_server, free_port, imagejobs, own_database
+from tests.services import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, TEST_DATABASE
 from tests.test_ready import redis_server
 
 NODE = "logs-node"
@@ -143,4 +143,4 @@ def test_no_secret_is_logged(run):
 def test_an_unknown_log_format_is_refused_at_start(monkeypatch):
     monkeypatch.setenv("IMAGEJOBS_LOG_FORMAT", "yaml")
     with pytest.raises(ConfigError, match="IMAGEJOBS_LOG_FORMAT='yaml': expected one of text, json"):
-        Settings()
+        Settings.from_env()

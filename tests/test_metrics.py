@@ -28,11 +28,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from app.jobs.queueing import SHARED_QUEUES, node_queue
-from tests.conftest import BASE_IMAGE, ROOT, TEST_DATABASE
-from tests.helpers import registry_origin, repository_path
+from tests.api_calls import registry_origin, repository_path
 from tests.processes import ApiClient, api_server, imagejobs, own_database
 from tests.prometheus import prometheus_server, promtool, query
 from tests.servers import FileServer
+from tests.services import BASE_IMAGE, ROOT, TEST_DATABASE
 
 pytestmark = pytest.mark.docker
 

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.helpers import assert_failed, get_image, image_from, import_and_wait, registry_origin
+from tests.api_calls import assert_failed, get_image, image_from, import_and_wait, registry_origin
+from tests.image_builds import dockerfile_context
 from tests.servers import FileServer, GitServer, Revision
-from tests.support import dockerfile_context
 from workers import netguard
 from workers.context import RepoSpec, _pinned, clone, download
 from workers.netguard import AddressRefused, PinnedAdapter, check_address, check_host

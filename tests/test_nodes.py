@@ -15,8 +15,7 @@ import docker.errors
 import pytest
 import requests
 
-from tests.conftest import make_tenant
-from tests.helpers import registry_origin, repository_path
+from tests.api_calls import make_tenant, registry_origin, repository_path
 from tests.processes import api_server, imagejobs
 
 ENGINE_B = "unix:///var/run/imagejobs/docker-b.sock"

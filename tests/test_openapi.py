@@ -13,7 +13,7 @@ from app import errors
 from app.db import transaction
 from app.images.models import Image
 from app.openapi import IMPLICIT_METHODS, REF, REQUEST_BODIES, openapi_path
-from tests.helpers import create_image, create_source, import_and_wait, registry_origin
+from tests.api_calls import create_image, create_source, import_and_wait, registry_origin
 from workers.buildlog import open_log
 
 

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import ROOT, TEST_DATABASE
 from tests.processes import api_server
+from tests.services import ROOT, TEST_DATABASE
 
 
 def cli(*args: str) -> str:

@@ -33,19 +33,11 @@ from app.db import transaction
 from app.hubs import services as key_services
 from app.images import services as image_services
 from app.models import ApiKey, BuildLog, Hub, Image, ImageSource, Job
-from tests.conftest import (
-    AUTH_PASSWORD,
-    AUTH_REGISTRY,
-    AUTH_USER,
-    BASE_IMAGE,
-    ROOT,
-    TEST_DATABASE,
-    make_tenant,
-)
-from tests.helpers import oci_origin, registry_origin
+from tests.api_calls import make_tenant, oci_origin, registry_origin
+from tests.image_builds import dockerfile_context
 from tests.processes import api_server, free_port
 from tests.servers import FileServer, GitServer, Revision
-from tests.support import dockerfile_context
+from tests.services import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, BASE_IMAGE, ROOT, TEST_DATABASE
 
 PRIVATE_TARGET = "private/busybox:latest"  # on the registry with htpasswd auth
 FINAL = ("completed", "error", "expired")

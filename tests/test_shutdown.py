@@ -14,10 +14,10 @@ import uuid
 import pytest
 import requests
 
-from tests.conftest import make_tenant
+from tests.api_calls import make_tenant
+from tests.image_builds import dockerfile_context
 from tests.processes import api_server, imagejobs
 from tests.servers import FileServer
-from tests.support import dockerfile_context
 
 REDIS = "redis://127.0.0.1:6379/5"
 # Short enough to keep the test quick: a stopping worker gives its job 2 s, a lease lasts 3 s.

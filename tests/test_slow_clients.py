@@ -23,8 +23,8 @@ import pytest
 import requests
 
 from app.serve import server_error
-from tests.conftest import ROOT, TEST_DATABASE
 from tests.processes import ApiClient, api_server, own_database
+from tests.services import ROOT, TEST_DATABASE
 
 CROWD = 64  # slow connections at once: eight took the old API (2 x 4 threads) down
 SLOW_UPLOADS = 40  # more than the database connections of both API processes (2 x 15)

@@ -16,8 +16,7 @@ from app import vault
 from app.db import new_id, transaction
 from app.hubs.services import create_key
 from app.models import ImageSource, SourceState
-from tests.conftest import Api, Tenant
-from tests.helpers import assert_error
+from tests.api_calls import Api, Tenant, assert_error
 
 SOURCES = "/v1/images/sources"
 JSON = "application/json"

@@ -30,16 +30,19 @@ from app.hubs.models import Capability
 from app.hubs.services import create_key
 from app.images.models import engine_tag
 from app.models import BuildLog, Image, ImageSource, Job
-from tests.conftest import BASE_IMAGE, Api, Tenant, make_tenant
-from tests.helpers import (
+from tests.api_calls import (
+    Api,
+    Tenant,
     assert_error,
     create_image,
     create_source,
     import_image,
+    make_tenant,
     registry_origin,
 )
+from tests.image_builds import dockerfile_context
 from tests.servers import FileServer
-from tests.support import dockerfile_context
+from tests.services import BASE_IMAGE
 
 SOURCES, IMAGES, JOBS = "/v1/images/sources", "/v1/images", "/v1/jobs"
 EVERY_SOURCE_STATE = "filter[state]=live,deleting,deleted"

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import docker.errors
 import pytest
 
-from tests.conftest import Api, make_tenant
-from tests.helpers import assert_error, get_image
-from tests.support import dockerfile_context
+from tests.api_calls import Api, assert_error, get_image, make_tenant
+from tests.image_builds import dockerfile_context
 from tests.test_uploads import new_upload_image, upload
 
 

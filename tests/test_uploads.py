@@ -23,9 +23,9 @@ from app.db import new_id, transaction, utcnow
 from app.images.services import accept_upload
 from app.jobs import services as jobs_services
 from app.models import Image, Job
-from tests.conftest import ROOT
-from tests.helpers import assert_error, create_image, create_source, get_image
-from tests.support import dockerfile_context
+from tests.api_calls import assert_error, create_image, create_source, get_image
+from tests.image_builds import dockerfile_context
+from tests.services import ROOT
 from workers.uploads import sweep_uploads
 
 UPLOAD_ORIGIN = {"type": "cycle-upload"}

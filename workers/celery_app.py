@@ -10,12 +10,13 @@ import threading
 from typing import Any, TextIO
 
 import redis
+from celery import Celery
 from celery.apps import worker as celery_worker
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 
 import app.models  # noqa: F401  (every model, so that foreign keys between domains resolve)
 from app import logs
-from app.config import check_service, get_settings
+from app.config import Settings, check_service, get_settings, use_settings
 from app.jobs import consumers
 from app.jobs.execution import sweep
 from app.jobs.queueing import make_celery
@@ -23,12 +24,6 @@ from workers.runner import worker_name
 from workers.uploads import sweep_uploads
 
 log = logging.getLogger("imagejobs.sweeper")
-
-check_service(get_settings(), worker=True)
-celery = make_celery(get_settings())
-celery.conf.include = ["workers.tasks.imports", "workers.tasks.deletes", "workers.tasks.prunes",
-                       "workers.tasks.health"]
-celery.set_default()
 
 _stop_sweeping = threading.Event()
 
@@ -45,12 +40,21 @@ def _say_as_json(message: str, stream: TextIO = sys.__stderr__) -> None:
     os.write(stream.fileno(), (logs.JsonFormatter().format(record) + "\n").encode())
 
 
-if get_settings().log_format == "json":
-    # Now already: Celery warns (running as root, say) before it sets logging up.
-    logs.configure()
-    # A receiver replaces Celery's own logging setup: its lines and the tasks' go through ours.
-    setup_logging.connect(_json_logs)
-    celery_worker.safe_say = _say_as_json
+def create_worker_app(settings: Settings | None = None) -> Celery:
+    """The workers' Celery app; `settings` become the process's own (without them, the environment's)."""
+    settings = use_settings(settings)
+    check_service(settings, worker=True)
+    worker_app = make_celery(settings)
+    worker_app.conf.include = ["workers.tasks.imports", "workers.tasks.deletes",
+                               "workers.tasks.prunes", "workers.tasks.health"]
+    worker_app.set_default()
+    if settings.log_format == "json":
+        # Now already: Celery warns (running as root, say) before it sets logging up.
+        logs.configure()
+        # A receiver replaces Celery's own logging setup: its lines and the tasks' go through ours.
+        setup_logging.connect(_json_logs)
+        celery_worker.safe_say = _say_as_json
+    return worker_app
 
 
 def _sweep_forever() -> None:
@@ -104,3 +108,7 @@ def _stop_sweeper(**_: object) -> None:
     _stop_sweeping.set()
     if _announcer is not None:  # its last act withdraws this worker's announcement
         _announcer.join(timeout=5)
+
+
+# What `celery -A workers.celery_app worker` runs: the worker process reads its environment.
+celery = create_worker_app()

@@ -40,7 +40,7 @@ from app import migrations  # noqa: E402
 from app.db import transaction  # noqa: E402
 from app.hubs.services import create_hub, create_key  # noqa: E402
 from app.jobs.execution import Claim  # noqa: E402
-from tests.support import recreate_database  # noqa: E402
+from tests.services import recreate_database  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 DOCKERFILE = """\

@@ -19,8 +19,8 @@ from app import errors as api_errors
 from app.db import transaction
 from app.hubs.models import Capability
 from app.images.models import Image
+from tests.api_calls import Api, make_tenant
 from tests.conformance.spec import SPEC_FIXES, Spec, describe
-from tests.conftest import Api, make_tenant
 from workers.buildlog import open_log
 
 # --- Deliberate differences -----------------------------------------------------------------

@@ -63,7 +63,7 @@ from tests.faults.checks import (  # noqa: E402
 )
 from tests.faults.load import REGISTRY_ORIGIN, Api, ContextServer, HarnessImage  # noqa: E402
 from tests.faults.stack import Stack, group_members  # noqa: E402
-from tests.support import recreate_database  # noqa: E402
+from tests.services import recreate_database  # noqa: E402
 
 TERMINAL = {JobState.COMPLETED.value, JobState.ERROR.value, JobState.EXPIRED.value}
 BASELINE_CLIENTS = 4

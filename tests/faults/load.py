@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 from tests.faults import VISIBILITY_TIMEOUT
-from tests.support import dockerfile_context
+from tests.image_builds import dockerfile_context
 
 REGISTRY_ORIGIN = {"type": "docker-registry",
                    "details": {"url": "http://127.0.0.1:5000", "target": "library/busybox:latest"}}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support import children
+from tests.processes import children
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / ".test-logs"

@@ -6,9 +6,11 @@ allowed. The reader is pure: nothing here needs a service.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from app.config import get_settings
+from app.config import get_settings, use_settings
 from workers.context import ContextError
 from workers.dockerfile import DockerfileRefused, refuse_remote_sources, remote_sources
 
@@ -183,12 +185,11 @@ def test_bytes_that_are_not_utf8_are_read_as_they_are():
 
 
 @pytest.fixture
-def remote_add_allowed(monkeypatch):
-    monkeypatch.setenv("IMAGEJOBS_BUILD_REMOTE_ADD", "allow")
-    get_settings.cache_clear()
+def remote_add_allowed():
+    before = get_settings()
+    use_settings(dataclasses.replace(before, build_remote_add_allowed=True))
     yield
-    monkeypatch.undo()
-    get_settings.cache_clear()
+    use_settings(before)
 
 
 def test_the_operator_may_allow_remote_sources(remote_add_allowed):

@@ -1,16 +1,65 @@
-"""Calls the image tests share: make sources and images through the API, import them, read errors."""
+"""Calls to the API the tests share: a tenant (a hub with a key) and the test client authenticated
+as it, then making sources and images, importing them and reading errors."""
 
 from __future__ import annotations
 
+import time
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from app.db import transaction
+from app.hubs.services import create_hub, create_key
 from app.images.models import Image, engine_tag
 from app.sources.models import ImageSource
-from tests.conftest import AUTH_REGISTRY, REGISTRY, Tenant
+from tests.services import AUTH_REGISTRY, REGISTRY
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+@dataclass
+class Tenant:
+    """A hub with a key; `headers` authenticate as it."""
+
+    hub_id: str
+    key_id: str
+    secret: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}", "X-Hub-Id": self.hub_id}
+
+
+def make_tenant(*capabilities: str) -> Tenant:
+    with transaction() as session:
+        hub = create_hub(session, f"hub-{uuid.uuid4().hex[:8]}")
+        key, secret = create_key(session, hub.id, "test key", capabilities)
+        return Tenant(hub.id, key.id, secret)
+
+
+class Api:
+    """The Flask test client, authenticated as one tenant."""
+
+    def __init__(self, client, tenant: Tenant):
+        self.client = client
+        self.tenant = tenant
+
+    def __getattr__(self, method: str):
+        def call(path: str, **kwargs):
+            headers = {**self.tenant.headers, **kwargs.pop("headers", {})}
+            return getattr(self.client, method)(path, headers=headers, **kwargs)
+        return call
+
+    def wait_for_job(self, job_id: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(f"/v1/jobs/{job_id}").get_json()["data"]
+            if job["state"]["current"] in ("completed", "error", "expired"):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job['state']['current']}: {job}")
+            time.sleep(0.2)
 
 
 def registry_origin(target: str, url: str = REGISTRY, **credentials: str) -> dict[str, Any]:

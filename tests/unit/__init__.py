@@ -1,0 +1,1 @@
+"""Table-driven tests of pure functions: no database, Redis, engine or registry (`make unit`)."""
