@@ -1,7 +1,8 @@
-"""Build benchmarks: import-to-live against a plain `docker build`, and the build-log write rate.
+"""The benchmarks (`make bench`): build rows here, worker and HTTP rows beside them.
 
-Run with `make bench`. It starts its own API and worker (`imagejobs dev`) on a fresh database and
-prints figures, each beside a baseline measured in the same run; it asserts nothing about speed.
+It starts its own API and worker (`imagejobs dev`) on a fresh database and prints figures, each
+beside a baseline measured in the same run; it asserts nothing about speed. BENCH_ONLY=poll,jobs
+runs some rows only (harness.ROWS), BENCH_RUNS sets the number of builds.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from sqlalchemy import text
 from app.db import transaction
 from app.hubs.services import create_hub
 from app.jobs.execution import Claim
-from tests.benchmarks import bench_workers, harness
+from tests.benchmarks import bench_http, bench_workers, harness
+from tests.benchmarks.bare_insert import INSERT_JOB
 from tests.benchmarks.harness import Api
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -133,12 +135,9 @@ def building_images(count: int) -> tuple[Claim, list[str]]:
 
     with transaction() as session:
         job_id = new_id()
-        session.execute(text(
-            "INSERT INTO jobs (id, hub_id, action, queue, caption, input, tasks, hash, "
-            "limit_duplicates, creator_type, creator_id, state, state_changed, schedule, "
-            "expires, attempt) VALUES (:id, 'bench', 'bench', 'bench', 'bench', '{}', '[]', "
-            ":id, false, 'api-key', 'bench', 'running', now(), now(), now() + interval '1 day', 1)"
-        ), {"id": job_id})
+        session.execute(text(INSERT_JOB), {"id": job_id, "hub": "bench", "action": "bench",
+                                           "subject": None, "input": "{}", "state": "running",
+                                           "attempt": 1})
         hub = create_hub(session, "writer")
         images = []
         for _ in range(count):
@@ -267,6 +266,8 @@ def main() -> None:
                 builds(api, base, scratch)
             if "jobs" in rows:
                 bench_workers.import_rate(api)
+    if rows & {"poll", "accept"}:
+        bench_http.main(rows)
 
 
 if __name__ == "__main__":
