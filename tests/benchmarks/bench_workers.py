@@ -7,8 +7,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -62,26 +63,35 @@ def import_rate(api: Api) -> None:
           f"ratio {ours / theirs:.2f}")
 
 
-def bare_celery_rate() -> float:
-    """Tasks per second of tests/benchmarks/bare_celery.py, JOBS sent at once."""
+@contextmanager
+def bare_worker() -> Iterator[tuple[redis.Redis, subprocess.Popen]]:
+    """tests/benchmarks/bare_celery.py's worker, answering; its Redis and its process."""
     counter = redis.Redis.from_url(bare_celery.BROKER)
     counter.flushdb()  # the bare app's own database: no message of an earlier run is left
     command = [sys.executable, "-m", "celery", "-A", "tests.benchmarks.bare_celery", "worker",
                "--pool", "prefork", "--concurrency", "2", "--loglevel", "WARNING",
                "--without-mingle", "--without-gossip"]
     try:
-        with started("bare-celery", command):
-            bare_celery.pull.delay(f"{REGISTRY}/{REPOSITORY}", "latest")
-            wait_until(lambda: counter.get(bare_celery.DONE_KEY), "the bare worker", timeout=120)
-            counter.delete(bare_celery.DONE_KEY)
-            begun = time.perf_counter()
-            for _ in range(JOBS):
-                bare_celery.pull.delay(f"{REGISTRY}/{REPOSITORY}", "latest")
-            wait_until(lambda: int(counter.get(bare_celery.DONE_KEY) or 0) == JOBS,
-                       f"{JOBS} bare tasks", timeout=300)
-            return JOBS / (time.perf_counter() - begun)
+        with started("bare-celery", command) as process:
+            wait_until(lambda: bare_celery.celery.control.ping(timeout=0.5), "the bare worker",
+                       timeout=60)
+            yield counter, process
     finally:
         counter.close()
+
+
+def bare_celery_rate() -> float:
+    """Tasks per second of the bare worker, JOBS sent at once (after one, as for ours)."""
+    with bare_worker() as (counter, _):
+        bare_celery.pull.delay(f"{REGISTRY}/{REPOSITORY}", "latest")
+        wait_until(lambda: counter.get(bare_celery.DONE_KEY), "the first bare task", timeout=120)
+        counter.delete(bare_celery.DONE_KEY)
+        begun = time.perf_counter()
+        for _ in range(JOBS):
+            bare_celery.pull.delay(f"{REGISTRY}/{REPOSITORY}", "latest")
+        wait_until(lambda: int(counter.get(bare_celery.DONE_KEY) or 0) == JOBS,
+                   f"{JOBS} bare tasks", timeout=300)
+        return JOBS / (time.perf_counter() - begun)
 
 
 def vm_rss(pid: int) -> float:
@@ -114,18 +124,23 @@ def peak_rss(pids: list[int], during: Callable[[], object]) -> list[float]:
     return peaks
 
 
+def pool_of(worker: int) -> list[int]:
+    """A Celery worker's main process and its pool's."""
+    return [worker, *children(worker)]
+
+
+def shown(figures: list[float]) -> str:
+    return f"main {figures[0]:.1f} MB, pool " + ", ".join(f"{mb:.1f}" for mb in figures[1:]) + " MB"
+
+
 def worker_rss(dev: subprocess.Popen, loud_build: Callable[[], object]) -> None:
     """RSS of the worker's main process and each pool process: idle, and at their peak during
-    a build printing 100,000 lines."""
+    a build printing 100,000 lines; beside the bare Celery worker's, idle."""
     worker = next(pid for pid in children(dev.pid)
                   if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes())
-    pids = [worker, *children(worker)]
-    idle = peak_rss(pids, lambda: time.sleep(2))
-    busy = peak_rss(pids, loud_build)
-
-    def shown(figures: list[float]) -> str:
-        return (f"main {figures[0]:.1f} MB, pool " + ", ".join(f"{mb:.1f}" for mb in figures[1:])
-                + " MB")
-
+    idle = peak_rss(pool_of(worker), lambda: time.sleep(2))
+    busy = peak_rss(pool_of(worker), loud_build)
+    with bare_worker() as (_, bare):
+        bare_idle = peak_rss(pool_of(bare.pid), lambda: time.sleep(2))
     print(f"worker RSS idle: {shown(idle)}; peak during a build printing 100,000 lines: "
-          f"{shown(busy)}")
+          f"{shown(busy)}; bare Celery worker idle: {shown(bare_idle)}")
