@@ -57,9 +57,10 @@ def poll_rate(base: str, api: Api, job_id: str) -> float:
     return wrk(url, api.headers, POLL_SECONDS)
 
 
-def accept_latencies(base: str, api: Api, image_ids: list[str]) -> list[float]:
+def accept_latencies(base: str, api: Api, image_ids: list[str]) -> tuple[list[float], float]:
     """Seconds each import call took, sent at RATE per second whatever the answers before
-    (open loop), measured from when it was due, so a backlog counts."""
+    (open loop), measured from when it was due, so a backlog counts; and the seconds from the
+    first call due to the last answer."""
     local = threading.local()
 
     def send(image_id: str, due: float) -> float:
@@ -79,15 +80,22 @@ def accept_latencies(base: str, api: Api, image_ids: list[str]) -> list[float]:
             due = begin + index / RATE
             time.sleep(max(0.0, due - time.perf_counter()))
             sent.append(pool.submit(send, image_id, due))
-        return [future.result() for future in sent]
+        latencies = [future.result() for future in sent]
+    return latencies, time.perf_counter() - begin
 
 
-def accept_percentiles(base: str, api: Api, image_ids: list[str]) -> tuple[float, float]:
-    """p50 and p99 of the import call in ms, after a second of warming up."""
+def accept_figures(base: str, api: Api, image_ids: list[str]) -> tuple[float, float, float]:
+    """p50 and p99 of the import call, and the rate answered, after a second of warming up."""
     warm = RATE * WARM_SECONDS
     accept_latencies(base, api, image_ids[:warm])
-    cuts = statistics.quantiles(accept_latencies(base, api, image_ids[warm:]), n=100)
-    return cuts[49] * 1000, cuts[98] * 1000
+    latencies, seconds = accept_latencies(base, api, image_ids[warm:])
+    cuts = statistics.quantiles(latencies, n=100)
+    return cuts[49] * 1000, cuts[98] * 1000, len(latencies) / seconds
+
+
+def accepted(figures: tuple[float, float, float]) -> str:
+    p50, p99, rate = figures
+    return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (answered {rate:.0f}/s)"
 
 
 def main(rows: set[str]) -> None:
@@ -105,7 +113,7 @@ def main(rows: set[str]) -> None:
             if "accept" in rows:
                 # Distinct images: the API answers an import already queued with that same job.
                 image_ids = api.images(ORIGIN, RATE * (WARM_SECONDS + ACCEPT_SECONDS))
-                ours_accept = accept_percentiles(base, api, image_ids)
+                ours_accept = accept_figures(base, api, image_ids)
         if "poll" in rows:
             with serving("bare-poll", "tests.benchmarks.bare_poll:create_app()") as base:
                 theirs_poll = poll_rate(base, api, job_id)
@@ -114,12 +122,11 @@ def main(rows: set[str]) -> None:
                   f"same SQL: {theirs_poll:,.0f} req/s; ratio {ours_poll / theirs_poll:.2f}")
         if "accept" in rows:
             with serving("bare-insert", "tests.benchmarks.bare_insert:create_app()") as base:
-                theirs_accept = accept_percentiles(base, api, image_ids)
+                theirs_accept = accept_figures(base, api, image_ids)
             print(f"POST /v1/images/{{id}}/tasks import at {RATE}/s for {ACCEPT_SECONDS} s: "
-                  f"p50 {ours_accept[0]:.1f} ms, p99 {ours_accept[1]:.1f} ms; bare Flask doing "
-                  f"one INSERT: p50 {theirs_accept[0]:.1f} ms, p99 {theirs_accept[1]:.1f} ms; "
-                  f"ratios {ours_accept[0] / theirs_accept[0]:.2f}, "
-                  f"{ours_accept[1] / theirs_accept[1]:.2f}")
+                  f"{accepted(ours_accept)}; bare Flask doing one INSERT: "
+                  f"{accepted(theirs_accept)}; ratios p50 {ours_accept[0] / theirs_accept[0]:.1f}, "
+                  f"p99 {ours_accept[1] / theirs_accept[1]:.1f}")
     finally:
         broker.flushdb()
         broker.close()
