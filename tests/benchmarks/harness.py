@@ -1,7 +1,7 @@
 """What the benchmark rows share: their environment, the processes they start, and waiting.
 
-Importing it sets the environment (database imagejobs_bench, Redis db 9) before any settings are
-read; the rows' modules import it first.
+Importing it sets the environment (database imagejobs_bench, Redis db 9); settings are read on
+first use, after every import, and the processes the rows start inherit it.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 DATABASE = "imagejobs_bench"
-BASE_ENV = {
+os.environ.update({
+    "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}",
+    "REDIS_URL": "redis://127.0.0.1:6379/9",
     "IMAGEJOBS_SECRET_KEY": "benchmark-secret",
     "IMAGEJOBS_NODE_ID": "bench-node",
     "IMAGEJOBS_ALLOWED_NETWORKS": "127.0.0.1/32",
     # Room for the whole 100,000-line log, so the figures cover every line.
     "IMAGEJOBS_BUILD_LOG_MAX_CHARS": str(16 * 1024 * 1024),
-}
-os.environ.update({**BASE_ENV, "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}",
-                   "REDIS_URL": "redis://127.0.0.1:6379/9"})
+})
 
 import requests  # noqa: E402
 
@@ -169,7 +169,8 @@ class Api:
 def dev_server() -> Iterator[tuple[Api, subprocess.Popen]]:
     """`imagejobs dev` (the API and a worker of concurrency 2) on the bench database."""
     port = free_port()
-    with started("dev", [sys.executable, "-m", "app.cli", "dev", "--port", str(port)]) as process:
+    with started("dev", [sys.executable, "-m", "app.cli", "dev", "--port", str(port),
+                             "--concurrency", "2"]) as process:
         base = f"http://127.0.0.1:{port}"
         wait_answering(process, f"{base}/v1/health")
         api = Api(base, *new_key("bench"))
