@@ -51,13 +51,13 @@ def wrk(url: str, headers: dict[str, str], seconds: int) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
 
 
-def poll_rate(base: str, api: Api, job_id: str) -> float:
-    url = f"{base}/v1/jobs/{job_id}"
-    wrk(url, api.headers, 2)  # every process's pool connected, its code warm
-    return wrk(url, api.headers, POLL_SECONDS)
+def poll_rate(url: str, headers: dict[str, str]) -> float:
+    wrk(url, headers, 2)  # every process's pool connected, its code warm
+    return wrk(url, headers, POLL_SECONDS)
 
 
-def accept_latencies(base: str, api: Api, image_ids: list[str]) -> tuple[list[float], float]:
+def accept_latencies(base: str, headers: dict[str, str], image_ids: list[str]
+                     ) -> tuple[list[float], float]:
     """Seconds each import call took, sent at RATE per second whatever the answers before
     (open loop), measured from when it was due, so a backlog counts; and the seconds from the
     first call due to the last answer."""
@@ -66,7 +66,7 @@ def accept_latencies(base: str, api: Api, image_ids: list[str]) -> tuple[list[fl
     def send(image_id: str, due: float) -> float:
         if not hasattr(local, "http"):
             local.http = requests.Session()
-            local.http.headers.update(api.headers)
+            local.http.headers.update(headers)
         response = local.http.post(f"{base}/v1/images/{image_id}/tasks",
                                    json={"action": "import"}, timeout=30)
         if response.status_code != 202:
@@ -84,11 +84,12 @@ def accept_latencies(base: str, api: Api, image_ids: list[str]) -> tuple[list[fl
     return latencies, time.perf_counter() - begin
 
 
-def accept_figures(base: str, api: Api, image_ids: list[str]) -> tuple[float, float, float]:
+def accept_figures(base: str, headers: dict[str, str], image_ids: list[str]
+                   ) -> tuple[float, float, float]:
     """p50 and p99 of the import call, and the rate answered, after a second of warming up."""
     warm = RATE * WARM_SECONDS
-    accept_latencies(base, api, image_ids[:warm])
-    latencies, seconds = accept_latencies(base, api, image_ids[warm:])
+    accept_latencies(base, headers, image_ids[:warm])
+    latencies, seconds = accept_latencies(base, headers, image_ids[warm:])
     cuts = statistics.quantiles(latencies, n=100)
     return cuts[49] * 1000, cuts[98] * 1000, len(latencies) / seconds
 
@@ -98,35 +99,43 @@ def accepted(figures: tuple[float, float, float]) -> str:
     return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (answered {rate:.0f}/s)"
 
 
+def poll_row(key: tuple[str, str]) -> None:
+    with serving("api") as base:
+        api = Api(base, *key)
+        path = f"/v1/jobs/{api.import_image(api.image(ORIGIN))}"
+        ours = poll_rate(f"{base}{path}", api.headers)
+    with serving("bare-poll", "tests.benchmarks.bare_poll:create_app()") as base:
+        theirs = poll_rate(f"{base}{path}", api.headers)
+    print(f"GET /v1/jobs/{{id}}, wrk {CONNECTIONS} connections {POLL_SECONDS} s, gunicorn gevent "
+          f"2 processes: {ours:,.0f} req/s; bare Flask doing the same SQL: {theirs:,.0f} req/s; "
+          f"ratio {ours / theirs:.2f}")
+
+
+def accept_row(key: tuple[str, str]) -> None:
+    with serving("api") as base:
+        api = Api(base, *key)
+        # Distinct images: the API answers an import already queued with that same job.
+        image_ids = api.images(ORIGIN, RATE * (WARM_SECONDS + ACCEPT_SECONDS))
+        ours = accept_figures(base, api.headers, image_ids)
+    with serving("bare-insert", "tests.benchmarks.bare_insert:create_app()") as base:
+        theirs = accept_figures(base, api.headers, image_ids)
+    print(f"POST /v1/images/{{id}}/tasks import at {RATE}/s for {ACCEPT_SECONDS} s: "
+          f"{accepted(ours)}; bare Flask doing one INSERT: {accepted(theirs)}; "
+          f"ratios p50 {ours[0] / theirs[0]:.1f}, p99 {ours[1] / theirs[1]:.1f}")
+
+
 def main(rows: set[str]) -> None:
     if shutil.which("wrk") is None and "poll" in rows:
         raise SystemExit("wrk is missing: `bash deploy/local-services.sh --bench` installs it "
                          "(make bench does)")
     broker = redis.Redis.from_url(REDIS_URL)
     broker.flushdb()
+    key = new_key("http")
     try:
-        with serving("api") as base:
-            api = Api(base, *new_key("http"))
-            if "poll" in rows:
-                job_id = api.import_image(api.image(ORIGIN))
-                ours_poll = poll_rate(base, api, job_id)
-            if "accept" in rows:
-                # Distinct images: the API answers an import already queued with that same job.
-                image_ids = api.images(ORIGIN, RATE * (WARM_SECONDS + ACCEPT_SECONDS))
-                ours_accept = accept_figures(base, api, image_ids)
         if "poll" in rows:
-            with serving("bare-poll", "tests.benchmarks.bare_poll:create_app()") as base:
-                theirs_poll = poll_rate(base, api, job_id)
-            print(f"GET /v1/jobs/{{id}}, wrk {CONNECTIONS} connections {POLL_SECONDS} s, "
-                  f"gunicorn gevent 2 processes: {ours_poll:,.0f} req/s; bare Flask doing the "
-                  f"same SQL: {theirs_poll:,.0f} req/s; ratio {ours_poll / theirs_poll:.2f}")
+            poll_row(key)
         if "accept" in rows:
-            with serving("bare-insert", "tests.benchmarks.bare_insert:create_app()") as base:
-                theirs_accept = accept_figures(base, api, image_ids)
-            print(f"POST /v1/images/{{id}}/tasks import at {RATE}/s for {ACCEPT_SECONDS} s: "
-                  f"{accepted(ours_accept)}; bare Flask doing one INSERT: "
-                  f"{accepted(theirs_accept)}; ratios p50 {ours_accept[0] / theirs_accept[0]:.1f}, "
-                  f"p99 {ours_accept[1] / theirs_accept[1]:.1f}")
+            accept_row(key)
     finally:
         broker.flushdb()
         broker.close()
