@@ -257,15 +257,15 @@ def main() -> None:
         writer_rate()
     if "wal" in rows:
         wal_per_log_byte()
-    if rows & {"rss", "builds", "jobs"}:
+    if rows & {"rss", "builds"}:
         with build_contexts() as (base, scratch), harness.dev_server() as (api, dev):
             if "rss" in rows:
                 bench_workers.worker_rss(dev, lambda: build(api, f"{base}/loud.tar.gz",
                                                          uuid.uuid4().hex))
             if "builds" in rows:
                 builds(api, base, scratch)
-            if "jobs" in rows:
-                bench_workers.import_rate(api)
+    if "jobs" in rows:
+        bench_workers.jobs_row()
     if rows & {"poll", "accept"}:
         bench_http.main(rows)
 
