@@ -6,7 +6,9 @@ first use, after every import, and the processes the rows start inherit it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -76,20 +78,21 @@ def wait_until(condition: Callable[[], T], what: str, timeout: float,
 @contextmanager
 def started(name: str, command: list[str], env: dict[str, str] | None = None
             ) -> Iterator[subprocess.Popen]:
-    """`command` running, its output in .test-logs/bench-NAME.log; stopped at the end."""
+    """`command` running, its output in .test-logs/bench-NAME.log; stopped at the end, with
+    every process it started (its own session: a stuck one is killed with its children)."""
     (ROOT / ".test-logs").mkdir(exist_ok=True)
     with open(ROOT / ".test-logs" / f"bench-{name}.log", "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   env=env or os.environ)
+                                   env=env or os.environ, start_new_session=True)
     try:
         yield process
     finally:
         process.terminate()
         try:
             process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def wait_answering(process: subprocess.Popen, url: str) -> None:
