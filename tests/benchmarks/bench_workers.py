@@ -80,8 +80,9 @@ def bare_worker() -> Iterator[tuple[redis.Redis, subprocess.Popen]]:
                "--without-mingle", "--without-gossip"]
     try:
         with started("bare-celery", command) as process:
-            wait_until(lambda: bare_celery.celery.control.ping(timeout=0.5), "the bare worker",
-                       timeout=60)
+            # Its pool of 2 forked too: the main process may answer before they are.
+            wait_until(lambda: bare_celery.celery.control.ping(timeout=0.5)
+                       and len(children(process.pid)) == 2, "the bare worker", timeout=60)
             yield counter, process
     finally:
         counter.close()
@@ -145,6 +146,7 @@ def worker_rss(dev: subprocess.Popen, loud_build: Callable[[], object]) -> None:
     a build printing 100,000 lines; beside the bare Celery worker's, idle."""
     worker = next(pid for pid in children(dev.pid)
                   if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    wait_until(lambda: len(children(worker)) == 2, "the worker's pool", timeout=60)
     idle = peak_rss(pool_of(worker), lambda: time.sleep(2))
     busy = peak_rss(pool_of(worker), loud_build)
     with bare_worker() as (_, bare):
