@@ -65,7 +65,10 @@ unit: install ## Run the unit tests alone (tests/unit: pure functions, no servic
 conformance: install ## Compare the API with the Cycle spec extract (SPEC_DIR)
 	IMAGEJOBS_SPEC_DIR=$(SPEC_DIR) $(BIN)/pytest tests/conformance $(PYTEST_ARGS)
 
-bench: install services ## Benchmarks (figures with same-run baselines; asserts nothing)
+# The services first, with wrk for the HTTP rows. BENCH_ONLY=poll,jobs runs some rows only.
+bench: ## Benchmarks (figures with same-run baselines; asserts nothing; BENCH_ONLY=poll,jobs)
+	bash deploy/local-services.sh --bench
+	$(MAKE) --no-print-directory install
 	$(BIN)/python -m tests.benchmarks.bench_builds
 
 faults: install services ## Fault injection on its own Redis/Postgres: workers killed, Redis/Postgres restarted, broker cut (FAULT_ARGS="--seed 7 --jobs 40")

@@ -3,7 +3,7 @@
 # PostgreSQL, Redis, two Docker engines, two registries and the base image,
 # installing the Debian packages that are missing (python3-venv too, for the
 # project's virtualenv; for the tests' run, docker-compose, prometheus and
-# kubernetes-client as well). imagejobs gets a database role and a database of its
+# kubernetes-client as well; for `make bench` (--bench), wrk). imagejobs gets a database role and a database of its
 # own; the role's password is kept in /etc/imagejobs/imagejobs.env (root only),
 # which imagejobs reads.
 #
@@ -11,7 +11,7 @@
 # safe. Must run as root on Debian 12; it needs no network beyond the Debian
 # package mirror (and only when packages are missing).
 #
-# Usage: deploy/local-services.sh [--no-engine-b]
+# Usage: deploy/local-services.sh [--no-engine-b] [--bench]
 set -euo pipefail
 
 # dockerd, pg_ctlcluster and friends live in sbin, which non-login shells may lack.
@@ -43,6 +43,7 @@ BASE_APPLETS=(sh echo cat ls sleep true false env printf seq yes head tail mkdir
 MANIFEST_ACCEPT='application/vnd.docker.distribution.manifest.v2+json'
 
 WITH_ENGINE_B=1
+WITH_BENCH=0
 SUMMARY=()
 TMP_PATHS=()  # removed on exit, also when a step fails
 trap 'rm -rf "${TMP_PATHS[@]}"' EXIT
@@ -57,7 +58,7 @@ log() {
 }
 
 usage() {
-    echo "usage: $0 [--no-engine-b]" >&2
+    echo "usage: $0 [--no-engine-b] [--bench]" >&2
 }
 
 # pid_alive PID COMM: PID is a live (not zombie) process named COMM. Killed
@@ -336,6 +337,10 @@ ensure_packages() {
         [[ -x /usr/bin/promtool && -x /usr/bin/prometheus ]] || lean+=(prometheus)
         command -v kubectl >/dev/null || lean+=(kubernetes-client)
     fi
+    # The benchmarks load the API with wrk.
+    if ((WITH_BENCH)); then
+        command -v wrk >/dev/null || lean+=(wrk)
+    fi
     ((${#missing[@]} + ${#lean[@]} == 0)) && return
 
     log "installing ${missing[*]} ${lean[*]}"
@@ -608,6 +613,7 @@ main() {
     while (($#)); do
         case $1 in
         --no-engine-b) WITH_ENGINE_B=0 ;;
+        --bench) WITH_BENCH=1 ;;
         -h | --help)
             usage
             exit 0

@@ -1,7 +1,8 @@
-"""Build benchmarks: import-to-live against a plain `docker build`, and the build-log write rate.
+"""The benchmarks (`make bench`): build rows here, worker and HTTP rows beside them.
 
-Run with `make bench`. It starts its own API and worker (`imagejobs dev`) on a fresh database and
-prints figures, each beside a baseline measured in the same run; it asserts nothing about speed.
+It starts its own API and worker (`imagejobs dev`) on a fresh database and prints figures, each
+beside a baseline measured in the same run; it asserts nothing about speed. BENCH_ONLY=poll,jobs
+runs some rows only (harness.ROWS), BENCH_RUNS sets the number of builds.
 """
 
 from __future__ import annotations
@@ -10,39 +11,28 @@ import functools
 import http.server
 import io
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-DATABASE = "imagejobs_bench"
-os.environ.update({
-    "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}",
-    "REDIS_URL": "redis://127.0.0.1:6379/9",
-    "IMAGEJOBS_SECRET_KEY": "benchmark-secret",
-    "IMAGEJOBS_NODE_ID": "bench-node",
-    "IMAGEJOBS_ALLOWED_NETWORKS": "127.0.0.1/32",
-    # Room for the whole 100,000-line log, so the figures cover every line.
-    "IMAGEJOBS_BUILD_LOG_MAX_CHARS": str(16 * 1024 * 1024),
-})
+from sqlalchemy import text
 
-import requests  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-
-from app import migrations  # noqa: E402
-from app.db import transaction  # noqa: E402
-from app.hubs.services import create_hub, create_key  # noqa: E402
-from app.jobs.execution import Claim  # noqa: E402
-from tests.services import recreate_database  # noqa: E402
+from app.db import transaction
+from app.hubs.services import create_hub
+from app.jobs.execution import Claim
+from tests.benchmarks import bench_http, bench_workers, harness
+from tests.benchmarks.bare_insert import INSERT_JOB
+from tests.benchmarks.harness import Api
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+
 DOCKERFILE = """\
 FROM imagejobs/busybox:latest
 ARG RUN_ID
@@ -67,12 +57,6 @@ def context_tar_gz(dockerfile: str) -> bytes:
     return buffer.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
@@ -85,61 +69,36 @@ def serve(directory: Path) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def fresh_database() -> None:
-    recreate_database(DATABASE)
-    migrations.upgrade()
+@contextmanager
+def build_contexts() -> Iterator[tuple[str, Path]]:
+    """The small and the loud build's contexts: as folders for `docker build`, and as .tar.gz
+    files served over HTTP for imports (the base URL)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_path = Path(scratch)
+        for name, dockerfile in (("small", DOCKERFILE), ("loud", LOUD_DOCKERFILE)):
+            folder = scratch_path / name
+            folder.mkdir()
+            (folder / "Dockerfile").write_text(dockerfile)
+            (folder / "app.txt").write_text("hello\n" * 1000)
+            (scratch_path / f"{name}.tar.gz").write_bytes(context_tar_gz(dockerfile))
+        yield serve(scratch_path), scratch_path
 
 
-class Server:
-    def __init__(self) -> None:
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = open(ROOT / ".test-logs" / "bench-dev.log", "w")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "dev", "--port", str(port)], cwd=ROOT,
-            stdout=self.log, stderr=subprocess.STDOUT, env=os.environ)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.base}/v1/health", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.3)
-        with transaction() as session:
-            hub = create_hub(session, "bench")
-            _, secret = create_key(session, hub.id, "bench")
-            self.headers = {"Authorization": f"Bearer {secret}", "X-Hub-Id": hub.id}
-        time.sleep(3)  # let the worker finish starting
-
-    def call(self, method: str, path: str, **kwargs) -> dict:
-        response = requests.request(method, f"{self.base}{path}", headers=self.headers,
-                                    timeout=30, **kwargs)
-        response.raise_for_status()
-        return response.json()["data"]
-
-    def build(self, url: str, run_id: str) -> float:
-        """Seconds from the import call to the image being live."""
-        source = self.call("POST", "/v1/images/sources", json={
-            "type": "direct", "origin": {"type": "docker-file", "details": {"targz_url": url}}})
-        image = self.call("POST", "/v1/images", json={"source_id": source["id"],
-                                                     "build": {"args": {"RUN_ID": run_id}}})
-        started = time.perf_counter()
-        job = self.call("POST", f"/v1/images/{image['id']}/tasks", json={"action": "import"})
-        while True:
-            state = self.call("GET", f"/v1/jobs/{job['job']['id']}")["state"]
-            if state["current"] in ("completed", "error", "expired"):
-                break
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        if state["current"] != "completed":
-            raise RuntimeError(f"the build failed: {state}")
-        self.last_image = image["id"]
-        return elapsed
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        self.log.close()
+def build(api: Api, url: str, run_id: str) -> tuple[float, str]:
+    """Seconds from the import call to the image being live, and the image's id."""
+    image_id = api.image({"type": "docker-file", "details": {"targz_url": url}},
+                         build={"args": {"RUN_ID": run_id}})
+    started = time.perf_counter()
+    job_id = api.import_image(image_id)
+    while True:
+        state = api.call("GET", f"/v1/jobs/{job_id}")["state"]
+        if state["current"] in ("completed", "error", "expired"):
+            break
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    if state["current"] != "completed":
+        raise RuntimeError(f"the build failed: {state}")
+    return elapsed, image_id
 
 
 def docker_build(directory: Path, run_id: str) -> float:
@@ -156,14 +115,17 @@ def log_writes() -> int:
                                    "WHERE relname = 'image_build_log_chunks'")) or 0
 
 
-def compare(server: Server, url: str, directory: Path, label: str) -> None:
+def compare(api: Api, url: str, directory: Path, label: str) -> str:
+    """Prints the row; returns the last image built."""
     ours, plain = [], []
     for _ in range(RUNS):
         plain.append(docker_build(directory, uuid.uuid4().hex))
-        ours.append(server.build(url, uuid.uuid4().hex))
+        elapsed, image_id = build(api, url, uuid.uuid4().hex)
+        ours.append(elapsed)
     ours_median, plain_median = statistics.median(ours), statistics.median(plain)
     print(f"{label}: import call to live {ours_median:.2f} s (median of {RUNS}), "
           f"plain docker build {plain_median:.2f} s, ratio {ours_median / plain_median:.2f}")
+    return image_id
 
 
 def building_images(count: int) -> tuple[Claim, list[str]]:
@@ -173,12 +135,9 @@ def building_images(count: int) -> tuple[Claim, list[str]]:
 
     with transaction() as session:
         job_id = new_id()
-        session.execute(text(
-            "INSERT INTO jobs (id, hub_id, action, queue, caption, input, tasks, hash, "
-            "limit_duplicates, creator_type, creator_id, state, state_changed, schedule, "
-            "expires, attempt) VALUES (:id, 'bench', 'bench', 'bench', 'bench', '{}', '[]', "
-            ":id, false, 'api-key', 'bench', 'running', now(), now(), now() + interval '1 day', 1)"
-        ), {"id": job_id})
+        session.execute(text(INSERT_JOB), {"id": job_id, "hub": "bench", "action": "bench",
+                                           "subject": None, "input": "{}", "state": "running",
+                                           "attempt": 1})
         hub = create_hub(session, "writer")
         images = []
         for _ in range(count):
@@ -280,33 +239,35 @@ def wal_per_log_byte() -> None:
               f"ratio {theirs / ours:.1f}x")
 
 
+def builds(api: Api, base: str, scratch: Path) -> None:
+    compare(api, f"{base}/small.tar.gz", scratch / "small", "small build")
+    before = log_writes()
+    image_id = compare(api, f"{base}/loud.tar.gz", scratch / "loud", "build printing 100,000 lines")
+    log = api.call("GET", f"/v1/images/{image_id}/build-log")
+    kept = sum(1 for line in log["log"].splitlines() if line.strip().isdigit())
+    print(f"  its stored log kept {kept:,} of 100,000 numbered lines "
+          f"({len(log['log']):,} characters); {(log_writes() - before) / RUNS:.0f} "
+          "database writes per build")
+
+
 def main() -> None:
-    (ROOT / ".test-logs").mkdir(exist_ok=True)
-    fresh_database()
-    writer_rate()
-    wal_per_log_byte()
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch_path = Path(scratch)
-        for name, dockerfile in (("small", DOCKERFILE), ("loud", LOUD_DOCKERFILE)):
-            folder = scratch_path / name
-            folder.mkdir()
-            (folder / "Dockerfile").write_text(dockerfile)
-            (folder / "app.txt").write_text("hello\n" * 1000)
-            (scratch_path / f"{name}.tar.gz").write_bytes(context_tar_gz(dockerfile))
-        base = serve(scratch_path)
-        server = Server()
-        try:
-            compare(server, f"{base}/small.tar.gz", scratch_path / "small", "small build")
-            before = log_writes()
-            compare(server, f"{base}/loud.tar.gz", scratch_path / "loud",
-                    "build printing 100,000 lines")
-            log = server.call("GET", f"/v1/images/{server.last_image}/build-log")
-            kept = sum(1 for line in log["log"].splitlines() if line.strip().isdigit())
-            print(f"  its stored log kept {kept:,} of 100,000 numbered lines "
-                  f"({len(log['log']):,} characters); {(log_writes() - before) / RUNS:.0f} "
-                  "database writes per build")
-        finally:
-            server.stop()
+    rows = harness.selected_rows()
+    harness.fresh_database()
+    if "writer" in rows:
+        writer_rate()
+    if "wal" in rows:
+        wal_per_log_byte()
+    if rows & {"rss", "builds"}:
+        with build_contexts() as (base, scratch), harness.dev_server() as (api, dev):
+            if "rss" in rows:
+                bench_workers.worker_rss(dev, lambda: build(api, f"{base}/loud.tar.gz",
+                                                         uuid.uuid4().hex))
+            if "builds" in rows:
+                builds(api, base, scratch)
+    if "jobs" in rows:
+        bench_workers.jobs_row()
+    if rows & {"poll", "accept"}:
+        bench_http.main(rows)
 
 
 if __name__ == "__main__":
