@@ -13,6 +13,7 @@ def create_app() -> Flask:
     from app.images.views import blueprint as images
     from app.jobs.views import blueprint as jobs
     from app.openapi import blueprint as openapi
+    from app.ready import Health, HealthDocument
     from app.ready import blueprint as ready
     from app.sources.views import blueprint as sources
 
@@ -37,6 +38,6 @@ def create_app() -> Flask:
 
     @app.get("/v1/health")
     def health():
-        return {"data": {"status": "ok"}}
+        return HealthDocument(data=Health(status="ok")).answer()
 
     return app

@@ -1,10 +1,10 @@
 """The API's own OpenAPI 3.1 document, served at `GET /v1/openapi.json`.
 
 Paths and methods come from Flask's url_map, request bodies from the pydantic models that validate
-them, response documents from `app.document_schemas`, capabilities from the views themselves. What
-a route does not tell (its query parameters, its success status, the errors it answers) is in
-`_operations()`, one entry per view. The document is public: it describes the API and holds nothing
-of any hub.
+them, response documents from the models the views answer with (each domain's `documents.py`),
+capabilities from the views themselves. What a route does not tell (its query parameters, its
+success status, the errors it answers) is in `_operations()`, one entry per view. The document is
+public: it describes the API and holds nothing of any hub.
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ from flask import Blueprint, Flask, current_app
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from app import document_schemas as docs
 from app import errors
 from app.config import get_settings
+from app.documents import ErrorEnvelope
+from app.images.documents import BuildLogDocument, ImageDocument, ImageListDocument
 from app.images.models import ImageState
 from app.images.schemas import ImageCreate, ImagesTask, ImageTask, ImageUpdate
 from app.images.services import IMAGE_SORTS
+from app.jobs.documents import JobDescriptorDocument, JobDocument, JobListDocument
 from app.jobs.models import JobState
 from app.jobs.services import JOB_SORTS
+from app.ready import HealthDocument, ReadyDocument
+from app.sources.documents import SourceDocument, SourceListDocument
 from app.sources.models import SourceState
 from app.sources.schemas import SourceCreate, SourceUpdate
 from app.sources.services import SOURCE_SORTS
@@ -36,6 +40,10 @@ blueprint = Blueprint("openapi", __name__)
 
 REQUEST_BODIES: tuple[type[BaseModel], ...] = (
     SourceCreate, SourceUpdate, ImageCreate, ImageUpdate, ImageTask, ImagesTask)
+RESPONSE_DOCUMENTS: tuple[type[BaseModel], ...] = (
+    SourceDocument, SourceListDocument, ImageDocument, ImageListDocument, BuildLogDocument,
+    JobDocument, JobListDocument, JobDescriptorDocument, ErrorEnvelope, HealthDocument,
+    ReadyDocument)
 REF = "#/components/schemas/{model}"
 ID_PATTERN = r"^[0-9a-f]{24}$"
 # Methods Flask adds by itself: HEAD beside every GET (OPTIONS is turned off in the app factory).
@@ -109,25 +117,25 @@ def _operations() -> dict[str, Operation]:
     """Every view by endpoint name (read at request time: page[size]'s maximum is a setting)."""
     return {
         "sources.list_sources": Operation(
-            "List the hub's image sources", 200, docs.SourceListDocument,
+            "List the hub's image sources", 200, SourceListDocument,
             query=_list(SourceState, {"identifier": "Sources with this identifier.",
                                       "search": _SEARCH}, SOURCE_SORTS, {"creators"},
                         {"images_count"}), errors=_QUERY_ERRORS),
         "sources.create_source": Operation(
-            "Create an image source", 201, docs.SourceDocument, body=SourceCreate),
+            "Create an image source", 201, SourceDocument, body=SourceCreate),
         "sources.get_source": Operation(
-            "Get an image source", 200, docs.SourceDocument,
+            "Get an image source", 200, SourceDocument,
             query=_include_meta({"creators"}, {"images_count"}),
             errors=(errors.SourceNotFound, errors.InvalidArgument)),
         "sources.update_source": Operation(
             "Change an image source (an origin sent back with blank secrets keeps them)", 200,
-            docs.SourceDocument, body=SourceUpdate,
+            SourceDocument, body=SourceUpdate,
             errors=(errors.SourceNotFound, errors.InvalidState)),
         "sources.delete_source": Operation(
-            "Delete an image source and its images (a job)", 202, docs.JobDescriptorDocument,
+            "Delete an image source and its images (a job)", 202, JobDescriptorDocument,
             errors=(errors.SourceNotFound, errors.InvalidState)),
         "images.list_images": Operation(
-            "List the hub's images", 200, docs.ImageListDocument,
+            "List the hub's images", 200, ImageListDocument,
             query=_list(ImageState, {"source_id": "Images of this source.",
                                      "source_type": "Only `direct` sources exist.",
                                      "identifier": "Images of sources with this identifier.",
@@ -135,27 +143,27 @@ def _operations() -> dict[str, Operation]:
                                                "an id."},
                         IMAGE_SORTS, {"creators", "sources"}), errors=_QUERY_ERRORS),
         "images.create_image": Operation(
-            "Create an image from a source (state `new`)", 201, docs.ImageDocument,
+            "Create an image from a source (state `new`)", 201, ImageDocument,
             body=ImageCreate, errors=(errors.SourceNotFound, errors.InvalidState)),
         "images.get_image": Operation(
-            "Get an image", 200, docs.ImageDocument, query=_include_meta({"creators", "sources"}),
+            "Get an image", 200, ImageDocument, query=_include_meta({"creators", "sources"}),
             errors=(errors.ImageNotFound, errors.InvalidArgument)),
         "images.update_image": Operation(
-            "Rename an image", 200, docs.ImageDocument, body=ImageUpdate,
+            "Rename an image", 200, ImageDocument, body=ImageUpdate,
             errors=(errors.ImageNotFound,)),
         "images.delete_image": Operation(
-            "Delete an image from the node holding it (a job)", 202, docs.JobDescriptorDocument,
+            "Delete an image from the node holding it (a job)", 202, JobDescriptorDocument,
             errors=(errors.ImageNotFound, errors.InvalidState)),
         "images.create_image_task": Operation(
-            "Import an image: pull, build or load it (a job)", 202, docs.JobDescriptorDocument,
+            "Import an image: pull, build or load it (a job)", 202, JobDescriptorDocument,
             body=ImageTask,
             errors=(errors.ImageNotFound, errors.InvalidState, errors.InvalidArgument)),
         "images.create_images_task": Operation(
-            "Prune the images of some sources (a job)", 202, docs.JobDescriptorDocument,
+            "Prune the images of some sources (a job)", 202, JobDescriptorDocument,
             body=ImagesTask, errors=(errors.SourceNotFound,)),
         "images.upload_image": Operation(
             "Upload a cycle-upload image's tar, authenticated by its single-use token (a job)",
-            202, docs.JobDescriptorDocument,
+            202, JobDescriptorDocument,
             query=(_query("token", {"type": "string"}, "The token the image was created with.",
                           required=True),
                    _query("hub-id", {"type": "string"}, "The hub, when `X-Hub-Id` is not sent."),
@@ -164,21 +172,21 @@ def _operations() -> dict[str, Operation]:
             errors=(errors.InvalidSyntax, errors.AuthInvalid, errors.Expired, errors.InvalidState,
                     errors.PayloadTooLarge, errors.MissingArgument, errors.InvalidInput)),
         "images.get_build_log": Operation(
-            "An image's build log, from `offset` on", 200, docs.BuildLogDocument,
+            "An image's build log, from `offset` on", 200, BuildLogDocument,
             query=(_query("offset", {"type": "integer", "minimum": 0, "maximum": 10**12 - 1},
                           "Characters to skip: `meta.next_offset` of the last answer."),),
             errors=(errors.ImageNotFound, errors.BuildLogNotFound, errors.InvalidArgument)),
         "jobs.list_jobs": Operation(
-            "List the hub's jobs", 200, docs.JobListDocument,
+            "List the hub's jobs", 200, JobListDocument,
             query=_list(JobState, {"search": "A substring of the caption, a job id or the id of "
                                              "the resource it works on.",
                                    "range-start": "Jobs queued at or after this time.",
                                    "range-end": "Jobs queued at or before this time."},
                         JOB_SORTS, {"creators"}), errors=_QUERY_ERRORS),
-        "jobs.get_job": Operation("Get a job", 200, docs.JobDocument, errors=(errors.JobNotFound,)),
-        "health": Operation("Whether the API answers", 200, docs.HealthDocument),
+        "jobs.get_job": Operation("Get a job", 200, JobDocument, errors=(errors.JobNotFound,)),
+        "health": Operation("Whether the API answers", 200, HealthDocument),
         "ready.ready": Operation("Whether the API reaches Postgres and Redis; 503 names those "
-                                 "it cannot reach", 200, docs.ReadyDocument),
+                                 "it cannot reach", 200, ReadyDocument),
         "openapi.openapi_document": Operation("This document", 200, None),
     }
 
@@ -235,7 +243,7 @@ def openapi_path(rule: str) -> str:
 def build(app: Flask) -> dict[str, Any]:
     """The OpenAPI document of every route under /v1 of `app`."""
     operations = _operations()
-    models = [*REQUEST_BODIES, *docs.RESPONSE_DOCUMENTS]
+    models = [*REQUEST_BODIES, *RESPONSE_DOCUMENTS]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     schemas = top["$defs"]
     codes = _error_codes()

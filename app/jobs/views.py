@@ -8,10 +8,8 @@ from flask import Blueprint
 from sqlalchemy.orm import Session
 
 from app.hubs.auth import current, requires
-from app.hubs.documents import creators_include
 from app.hubs.models import Capability
-from app.jobs import services
-from app.jobs.documents import job_descriptor, job_document
+from app.jobs import documents, services
 from app.jobs.models import Job
 from app.web import db_session, fetch_page, list_query
 
@@ -23,7 +21,7 @@ def accepted(session: Session, job: Job) -> tuple[dict[str, Any], int]:
     session.commit()
     services.publish(session, job)
     session.commit()
-    return {"data": job_descriptor(job)}, 202
+    return documents.JobDescriptorDocument.of(job).answer(), 202
 
 
 @blueprint.get("")
@@ -34,14 +32,11 @@ def list_jobs():
                    includes={"creators"})
     query = services.jobs_query(current().hub_id, q.filters, q.states())
     jobs = fetch_page(query, q, services.JOB_SORTS, Job.id.desc())
-    result = {"data": [job_document(j) for j in jobs]}
-    if "creators" in q.include:
-        result["includes"] = {"creators": creators_include(
-            db_session(), current().hub_id, {j.creator_id for j in jobs})}
-    return result
+    return documents.job_list(db_session(), current().hub_id, jobs, q.include).answer()
 
 
 @blueprint.get("/<job_id>")
 @requires(Capability.JOBS_VIEW)
 def get_job(job_id: str):
-    return {"data": job_document(services.get_job(db_session(), current().hub_id, job_id))}
+    job = services.get_job(db_session(), current().hub_id, job_id)
+    return documents.JobDocument(data=documents.Job.of(job)).answer()

@@ -2,56 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint
 
-from app.db import rfc3339
 from app.hubs.auth import current, requires
-from app.hubs.documents import creators_include
 from app.hubs.models import Capability
 from app.jobs.views import accepted
 from app.sources import services
+from app.sources.documents import SourceDocument, source_list
 from app.sources.models import ImageSource
 from app.sources.schemas import SourceCreate, SourceUpdate
 from app.web import db_session, fetch_page, list_query, parse_body
 
 blueprint = Blueprint("sources", __name__, url_prefix="/v1/images/sources")
-
-
-def source_document(source: ImageSource) -> dict[str, Any]:
-    state: dict[str, Any] = {"current": source.state, "changed": rfc3339(source.state_changed)}
-    if source.state_error:
-        state["error"] = {"message": source.state_error}
-    return {
-        "id": source.id,
-        "identifier": source.identifier,
-        "type": source.type,
-        "hub_id": source.hub_id,
-        "name": source.name,
-        "about": {"description": source.about_description},
-        "origin": source.origin,
-        "builder": source.builder,
-        "creator": {"id": source.creator_id, "type": source.creator_type},
-        "acl": source.acl,
-        "state": state,
-        "events": {"created": rfc3339(source.created), "updated": rfc3339(source.updated),
-                   "deleted": rfc3339(source.deleted)},
-    }
-
-
-def _documents(sources: list[ImageSource], include: set[str], meta: set[str]
-               ) -> dict[str, Any]:
-    data = [source_document(s) for s in sources]
-    if "images_count" in meta:
-        counts = services.images_count(db_session(), [s.id for s in sources])
-        for document in data:
-            document["meta"] = {"images_count": counts[document["id"]]}
-    result: dict[str, Any] = {"data": data}
-    if "creators" in include:
-        result["includes"] = {"creators": creators_include(
-            db_session(), current().hub_id, {s.creator_id for s in sources})}
-    return result
 
 
 @blueprint.get("")
@@ -61,7 +23,7 @@ def list_sources():
                    includes={"creators"}, metas={"images_count"})
     query = services.sources_query(current().hub_id, q.filters, q.states())
     sources = fetch_page(query, q, services.SOURCE_SORTS, ImageSource.id.desc())
-    return _documents(sources, q.include, q.meta)
+    return source_list(db_session(), current().hub_id, sources, q.include, q.meta).answer()
 
 
 @blueprint.post("")
@@ -71,7 +33,7 @@ def create_source():
     session = db_session()
     source = services.create_source(session, current().hub_id, current().creator, body)
     session.commit()
-    return {"data": source_document(source)}, 201
+    return SourceDocument.of(source).answer(), 201
 
 
 @blueprint.get("/<source_id>")
@@ -79,9 +41,8 @@ def create_source():
 def get_source(source_id: str):
     q = list_query(includes={"creators"}, metas={"images_count"})
     source = services.get_source(db_session(), current().hub_id, source_id)
-    result = _documents([source], q.include, q.meta)
-    result["data"] = result["data"][0]
-    return result
+    listed = source_list(db_session(), current().hub_id, [source], q.include, q.meta)
+    return SourceDocument(data=listed.data[0], includes=listed.includes).answer()
 
 
 @blueprint.patch("/<source_id>")
@@ -91,7 +52,7 @@ def update_source(source_id: str):
     session = db_session()
     source = services.update_source(session, current().hub_id, source_id, body)
     session.commit()
-    return {"data": source_document(source)}
+    return SourceDocument.of(source).answer()
 
 
 @blueprint.delete("/<source_id>")

@@ -1,0 +1,56 @@
+"""The response documents: absent never null, nothing undescribed, stored parts as stored."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from app.documents import Creator
+from app.jobs.documents import Job
+from app.jobs.models import Job as JobRow
+from app.sources.documents import ImageSource, SourceStatus
+from app.sources.models import ImageSource as SourceRow
+from tests.helpers import ZERO_TIME
+
+WHEN = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+ID = "6b14d07e12a4ca1dfe0802a4"
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (None, {"current": "live", "changed": ZERO_TIME}),
+    ("it broke", {"current": "live", "changed": ZERO_TIME, "error": {"message": "it broke"}}),
+])
+def test_an_optional_field_is_absent_when_none_never_null(error, expected):
+    status = SourceStatus(current="live", changed=ZERO_TIME,
+                          error=error and {"message": error})
+    assert status.answer() == expected
+
+
+def test_a_document_refuses_a_field_it_does_not_describe():
+    with pytest.raises(ValidationError, match="extra"):
+        Creator(id=ID, type="api-key", extra="undescribed")
+
+
+def test_stored_parts_are_answered_as_stored_and_times_in_rfc3339():
+    origin = {"type": "docker-hub", "details": {"target": "busybox:1.36", "token": ""}}
+    row = SourceRow(id=ID, hub_id=ID, name="n", identifier="i", type="direct",
+                    about_description=None, origin=origin, builder=None, acl=None,
+                    creator_type="api-key", creator_id=ID, state="live", state_changed=WHEN,
+                    state_error=None, created=WHEN, updated=WHEN, deleted=None)
+    answered = ImageSource.of(row).answer()
+    assert answered["origin"] == origin and answered["builder"] is None
+    assert answered["events"] == {"created": "2026-01-02T03:04:05.678Z",
+                                  "updated": "2026-01-02T03:04:05.678Z", "deleted": ZERO_TIME}
+    assert "meta" not in answered and "error" not in answered["state"]
+
+
+def test_a_job_answers_null_error_and_zero_times_for_what_has_not_happened():
+    row = JobRow(id=ID, hub_id=ID, queue="q", caption="c", tasks=[], hash="h",
+                 limit_duplicates=True, creator_id=ID, creator_type="api-key", state="queued",
+                 state_changed=WHEN, error_message=None, queued_at=WHEN, started_at=None,
+                 completed_at=None, schedule=WHEN, expires=WHEN)
+    answered = Job.of(row).answer()
+    assert answered["state"]["error"] is None
+    assert answered["events"]["started"] == answered["events"]["completed"] == ZERO_TIME
