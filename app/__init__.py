@@ -13,6 +13,7 @@ def create_app() -> Flask:
     from app.images.views import blueprint as images
     from app.jobs.views import blueprint as jobs
     from app.openapi import blueprint as openapi
+    from app.openapi import documented
     from app.ready import Health, HealthDocument
     from app.ready import blueprint as ready
     from app.sources.views import blueprint as sources
@@ -37,6 +38,7 @@ def create_app() -> Flask:
     app.register_blueprint(ready)
 
     @app.get("/v1/health")
+    @documented("Whether the API answers", HealthDocument)
     def health():
         return HealthDocument(data=Health(status="ok")).answer()
 

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from app import errors
 from app.config import get_settings
 from app.documents import Document
+from app.openapi import documented
 
 log = logging.getLogger("imagejobs.api")
 blueprint = Blueprint("ready", __name__)
@@ -65,6 +66,8 @@ class ReadyDocument(Document):
 
 
 @blueprint.get("/v1/ready")
+@documented("Whether the API reaches Postgres and Redis; 503 names those it cannot reach",
+            ReadyDocument)
 def ready():
     """200 with each service `ok`, or 503.not-ready naming those that cannot be reached."""
     states: dict[str, str] = {}

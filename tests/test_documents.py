@@ -1,4 +1,5 @@
-"""The response documents: absent never null, nothing undescribed, stored parts as stored."""
+"""The response documents: absent never null, nothing undescribed, stored parts as stored, and
+each view's query declared once for its parsing and its documentation."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
+from app import errors
 from app.documents import Creator
 from app.jobs.documents import Job
 from app.jobs.models import Job as JobRow
+from app.openapi import operations
 from app.sources.documents import ImageSource, SourceStatus
 from app.sources.models import ImageSource as SourceRow
 from tests.helpers import ZERO_TIME
@@ -54,3 +57,24 @@ def test_a_job_answers_null_error_and_zero_times_for_what_has_not_happened():
     answered = Job.of(row).answer()
     assert answered["state"]["error"] is None
     assert answered["events"]["started"] == answered["events"]["completed"] == ZERO_TIME
+
+
+def test_the_filters_a_list_documents_are_the_ones_it_parses(app):
+    listed = {endpoint: o.query for endpoint, o in operations(app).items()
+              if o.query is not None and o.query.states is not None}
+    assert set(listed) == {"sources.list_sources", "images.list_images", "jobs.list_jobs"}
+    document = app.test_client().get("/v1/openapi.json").get_json()
+    for item in document["paths"].values():
+        for operation in item.values():
+            if operation["operationId"] not in listed:
+                continue
+            parameters = listed[operation["operationId"]]
+            documented = {p["name"][len("filter["):-1] for p in operation["parameters"]
+                          if p["name"].startswith("filter[")}
+            assert documented == parameters.filter_names()
+            for name in documented:
+                with app.test_request_context(f"/?filter[{name}]=x"):
+                    assert parameters.parse().filters == {name: "x"}
+            with app.test_request_context("/?filter[undeclared]=x"), \
+                    pytest.raises(errors.InvalidArgument):
+                parameters.parse()

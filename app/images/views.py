@@ -8,16 +8,25 @@ from app import errors
 from app.hubs.auth import authenticate, current, requires
 from app.hubs.models import Capability
 from app.images import services
-from app.images.documents import BuildLogDocument, ImageDocument, image_list
-from app.images.models import Image
+from app.images.documents import BuildLogDocument, ImageDocument, ImageListDocument, image_list
+from app.images.models import Image, ImageState
 from app.images.schemas import ImageCreate, ImagesTask, ImageTask, ImageUpdate
+from app.jobs.documents import JobDescriptorDocument
 from app.jobs.views import accepted
+from app.openapi import documented, query_parameter
 from app.serve import off_the_hub
-from app.web import db_session, fetch_page, list_query, parse_body, receive_upload
+from app.web import ListParameters, db_session, fetch_page, parse_body, receive_upload
 
 blueprint = Blueprint("images", __name__, url_prefix="/v1/images")
 
-INCLUDES = {"creators", "sources"}
+ONE_IMAGE = ListParameters(includes={"creators", "sources"})
+IMAGES = ListParameters(
+    states=ImageState,
+    filters={"source_id": "Images of this source.",
+             "source_type": "Only `direct` sources exist.",
+             "identifier": "Images of sources with this identifier.",
+             "search": "A substring of the name or the engine's tag, or an id."},
+    sorts=services.IMAGE_SORTS, includes=ONE_IMAGE.includes)
 
 
 def _check_includes(include: set[str]) -> None:
@@ -27,17 +36,19 @@ def _check_includes(include: set[str]) -> None:
 
 
 @blueprint.get("")
+@documented("List the hub's images", ImageListDocument, query=IMAGES)
 @requires(Capability.IMAGES_VIEW)
 def list_images():
-    q = list_query(filters={"state", "source_id", "search", "source_type", "identifier"},
-                   sorts=set(services.IMAGE_SORTS), includes=INCLUDES)
+    q = IMAGES.parse()
     _check_includes(q.include)
     query = services.images_query(current().hub_id, q.filters, q.states())
-    images = fetch_page(query, q, services.IMAGE_SORTS, Image.id.desc())
+    images = fetch_page(query, q, Image.id.desc())
     return image_list(db_session(), current().hub_id, images, q.include).answer()
 
 
 @blueprint.post("")
+@documented("Create an image from a source (state `new`)", ImageDocument, status=201,
+            body=ImageCreate, errors=(errors.SourceNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_MANAGE)
 def create_image():
     body = parse_body(ImageCreate)
@@ -49,9 +60,10 @@ def create_image():
 
 
 @blueprint.get("/<image_id:image_id>")
+@documented("Get an image", ImageDocument, query=ONE_IMAGE, errors=(errors.ImageNotFound,))
 @requires(Capability.IMAGES_VIEW)
 def get_image(image_id: str):
-    q = list_query(includes=INCLUDES)
+    q = ONE_IMAGE.parse()
     _check_includes(q.include)
     image = services.get_image(db_session(), current().hub_id, image_id)
     listed = image_list(db_session(), current().hub_id, [image], q.include)
@@ -59,6 +71,7 @@ def get_image(image_id: str):
 
 
 @blueprint.patch("/<image_id:image_id>")
+@documented("Rename an image", ImageDocument, body=ImageUpdate, errors=(errors.ImageNotFound,))
 @requires(Capability.IMAGES_MANAGE)
 def update_image(image_id: str):
     body = parse_body(ImageUpdate)
@@ -69,6 +82,8 @@ def update_image(image_id: str):
 
 
 @blueprint.delete("/<image_id:image_id>")
+@documented("Delete an image from the node holding it (a job)", JobDescriptorDocument,
+            status=202, errors=(errors.ImageNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_MANAGE)
 def delete_image(image_id: str):
     session = db_session()
@@ -77,6 +92,9 @@ def delete_image(image_id: str):
 
 
 @blueprint.post("/<image_id:image_id>/tasks")
+@documented("Import an image: pull, build or load it (a job)", JobDescriptorDocument, status=202,
+            body=ImageTask,
+            errors=(errors.ImageNotFound, errors.InvalidState, errors.InvalidArgument))
 @requires(Capability.IMAGES_IMPORT)
 def create_image_task(image_id: str):
     parse_body(ImageTask)
@@ -86,6 +104,8 @@ def create_image_task(image_id: str):
 
 
 @blueprint.post("/tasks")
+@documented("Prune the images of some sources (a job)", JobDescriptorDocument, status=202,
+            body=ImagesTask, errors=(errors.SourceNotFound,))
 @requires(Capability.IMAGES_MANAGE)
 def create_images_task():
     body = parse_body(ImagesTask)
@@ -95,7 +115,25 @@ def create_images_task():
         body.contents.dry_run))
 
 
+_TAR = {"type": "string", "format": "binary"}
+
+
 @blueprint.post("/<image_id:image_id>/upload")
+@documented(
+    "Upload a cycle-upload image's tar, authenticated by its single-use token (a job)",
+    JobDescriptorDocument, status=202,
+    parameters=(query_parameter("token", {"type": "string"},
+                                "The token the image was created with.", required=True),
+                query_parameter("hub-id", {"type": "string"},
+                                "The hub, when `X-Hub-Id` is not sent."),
+                {"name": "X-Hub-Id", "in": "header", "required": False,
+                 "schema": {"type": "string"}, "description": "The image's hub."}),
+    request_body={"required": True, "content": {
+        "application/octet-stream": {"schema": _TAR},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file.tar"],
+                                           "properties": {"file.tar": _TAR}}}}},
+    errors=(errors.InvalidSyntax, errors.AuthInvalid, errors.Expired, errors.InvalidState,
+            errors.PayloadTooLarge, errors.MissingArgument, errors.InvalidInput))
 def upload_image(image_id: str):
     """Take a cycle-upload image's tar (multipart `file.tar`, or the raw body), streamed to disk.
 
@@ -119,6 +157,11 @@ def upload_image(image_id: str):
 
 
 @blueprint.get("/<image_id:image_id>/build-log")
+@documented("An image's build log, from `offset` on", BuildLogDocument,
+            parameters=(query_parameter(
+                "offset", {"type": "integer", "minimum": 0, "maximum": 10**12 - 1},
+                "Characters to skip: `meta.next_offset` of the last answer."),),
+            errors=(errors.ImageNotFound, errors.BuildLogNotFound, errors.InvalidArgument))
 @requires(Capability.IMAGES_VIEW)
 def get_build_log(image_id: str):
     """The build log; `?offset=N` gives only what follows its first N characters.

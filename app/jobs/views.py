@@ -7,13 +7,23 @@ from typing import Any
 from flask import Blueprint
 from sqlalchemy.orm import Session
 
+from app import errors
 from app.hubs.auth import current, requires
 from app.hubs.models import Capability
 from app.jobs import documents, services
-from app.jobs.models import Job
-from app.web import db_session, fetch_page, list_query
+from app.jobs.models import Job, JobState
+from app.openapi import documented
+from app.web import ListParameters, db_session, fetch_page
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+JOBS = ListParameters(
+    states=JobState,
+    filters={"search": "A substring of the caption, a job id or the id of the resource it works "
+                       "on.",
+             "range-start": "Jobs queued at or after this time.",
+             "range-end": "Jobs queued at or before this time."},
+    sorts=services.JOB_SORTS, includes={"creators"})
 
 
 def accepted(session: Session, job: Job) -> tuple[dict[str, Any], int]:
@@ -25,17 +35,17 @@ def accepted(session: Session, job: Job) -> tuple[dict[str, Any], int]:
 
 
 @blueprint.get("")
+@documented("List the hub's jobs", documents.JobListDocument, query=JOBS)
 @requires(Capability.JOBS_VIEW)
 def list_jobs():
-    q = list_query(filters={"state", "search", "range-start", "range-end"},
-                   sorts=set(services.JOB_SORTS),
-                   includes={"creators"})
+    q = JOBS.parse()
     query = services.jobs_query(current().hub_id, q.filters, q.states())
-    jobs = fetch_page(query, q, services.JOB_SORTS, Job.id.desc())
+    jobs = fetch_page(query, q, Job.id.desc())
     return documents.job_list(db_session(), current().hub_id, jobs, q.include).answer()
 
 
 @blueprint.get("/<job_id>")
+@documented("Get a job", documents.JobDocument, errors=(errors.JobNotFound,))
 @requires(Capability.JOBS_VIEW)
 def get_job(job_id: str):
     job = services.get_job(db_session(), current().hub_id, job_id)
