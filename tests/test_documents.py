@@ -9,13 +9,13 @@ import pytest
 from pydantic import ValidationError
 
 from app import errors
+from app.db import ZERO_TIME
 from app.documents import Creator
 from app.jobs.documents import Job
 from app.jobs.models import Job as JobRow
 from app.openapi import operations
 from app.sources.documents import ImageSource, SourceStatus
 from app.sources.models import ImageSource as SourceRow
-from tests.helpers import ZERO_TIME
 
 WHEN = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 ID = "6b14d07e12a4ca1dfe0802a4"
