@@ -9,6 +9,7 @@ public: it describes the API and holds nothing of any hub.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,15 +54,28 @@ def documented(summary: str, response: type[BaseModel] | None, *, status: int = 
                errors: tuple[type[errors.ApiError], ...] = ()) -> Callable:
     """Declare, beside a view, what the document says of it; every view under /v1 needs one.
 
-    The errors of its query, its body, its authentication and the server's are added by
-    themselves: list only those of the view's own doing.
+    The view returns a `response` document, answered with `status`. The errors of its query, its
+    body, its authentication and the server are added by themselves: list only those of the
+    view's own doing.
     """
     operation = Operation(summary, status, response, body, query, parameters, request_body,
                           errors)
 
     def decorate(view: Callable) -> Callable:
-        view.operation = operation  # type: ignore[attr-defined]
-        return view
+        if response is None:  # this document itself, answered as built
+            view.operation = operation  # type: ignore[attr-defined]
+            return view
+
+        @functools.wraps(view)
+        def answer(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], int]:
+            document = view(*args, **kwargs)
+            if type(document) is not response:
+                raise TypeError(f"{view.__name__} answered a {type(document).__name__}, "
+                                f"documented as a {response.__name__}")
+            return document.answer(), status
+
+        answer.operation = operation  # type: ignore[attr-defined]
+        return answer
 
     return decorate
 

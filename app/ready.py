@@ -81,4 +81,4 @@ def ready():
     down = [CHECKS[name][0] for name, state in states.items() if state != "ok"]
     if down:
         raise errors.NotReady(f"{' and '.join(down)} cannot be reached.", extra=states)
-    return ReadyDocument(data=Ready(**states)).answer()
+    return ReadyDocument(data=Ready(**states))

@@ -10,10 +10,10 @@ from pydantic import ValidationError
 
 from app import errors
 from app.db import ZERO_TIME
-from app.documents import Creator
+from app.documents import Creator, StateError
 from app.jobs.documents import Job
 from app.jobs.models import Job as JobRow
-from app.openapi import operations
+from app.openapi import documented, operations
 from app.sources.documents import ImageSource, SourceStatus
 from app.sources.models import ImageSource as SourceRow
 
@@ -34,6 +34,21 @@ def test_an_optional_field_is_absent_when_none_never_null(error, expected):
 def test_a_document_refuses_a_field_it_does_not_describe():
     with pytest.raises(ValidationError, match="extra"):
         Creator(id=ID, type="api-key", extra="undescribed")
+
+
+def test_a_view_answers_the_document_it_declares_with_its_status():
+    @documented("A creator", Creator, status=201)
+    def creator():
+        return Creator(id=ID, type="api-key")
+
+    @documented("A creator", Creator)
+    def something_else():
+        return StateError(message="not a creator")
+
+    assert creator() == ({"id": ID, "type": "api-key"}, 201)
+    assert creator.operation.response is Creator
+    with pytest.raises(TypeError, match="documented as a Creator"):
+        something_else()
 
 
 def test_stored_parts_are_answered_as_stored_and_times_in_rfc3339():

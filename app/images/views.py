@@ -43,7 +43,7 @@ def list_images():
     _check_includes(q.include)
     query = services.images_query(current().hub_id, q.filters, q.states())
     images = fetch_page(query, q, Image.id.desc())
-    return image_list(db_session(), current().hub_id, images, q.include).answer()
+    return image_list(db_session(), current().hub_id, images, q.include)
 
 
 @blueprint.post("")
@@ -56,7 +56,7 @@ def create_image():
     image, upload_token = services.create_image(session, current().hub_id, current().creator,
                                                 body)
     session.commit()
-    return ImageDocument.of(image, upload_token).answer(), 201
+    return ImageDocument.of(image, upload_token)
 
 
 @blueprint.get("/<image_id:image_id>")
@@ -67,7 +67,7 @@ def get_image(image_id: str):
     _check_includes(q.include)
     image = services.get_image(db_session(), current().hub_id, image_id)
     listed = image_list(db_session(), current().hub_id, [image], q.include)
-    return ImageDocument(data=listed.data[0], includes=listed.includes).answer()
+    return ImageDocument(data=listed.data[0], includes=listed.includes)
 
 
 @blueprint.patch("/<image_id:image_id>")
@@ -78,7 +78,7 @@ def update_image(image_id: str):
     session = db_session()
     image = services.rename_image(session, current().hub_id, image_id, body.name)
     session.commit()
-    return ImageDocument.of(image).answer()
+    return ImageDocument.of(image)
 
 
 @blueprint.delete("/<image_id:image_id>")
@@ -175,7 +175,7 @@ def get_build_log(image_id: str):
     if build_log is None:
         raise errors.BuildLogNotFound("This image has no build log: it was not built from a "
                                       "Dockerfile, or its build has not started.")
-    return BuildLogDocument.of(build_log, offset).answer()
+    return BuildLogDocument.of(build_log, offset)
 
 
 def _offset() -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint
 from sqlalchemy.orm import Session
 
@@ -26,12 +24,12 @@ JOBS = ListParameters(
     sorts=services.JOB_SORTS, includes={"creators"})
 
 
-def accepted(session: Session, job: Job) -> tuple[dict[str, Any], int]:
-    """The 202 of a job-creating call: commit, then publish (Postgres hears first), describe."""
+def accepted(session: Session, job: Job) -> documents.JobDescriptorDocument:
+    """The answer of a job-creating call: commit, then publish (Postgres hears first), describe."""
     session.commit()
     services.publish(session, job)
     session.commit()
-    return documents.JobDescriptorDocument.of(job).answer(), 202
+    return documents.JobDescriptorDocument.of(job)
 
 
 @blueprint.get("")
@@ -41,7 +39,7 @@ def list_jobs():
     q = JOBS.parse()
     query = services.jobs_query(current().hub_id, q.filters, q.states())
     jobs = fetch_page(query, q, Job.id.desc())
-    return documents.job_list(db_session(), current().hub_id, jobs, q.include).answer()
+    return documents.job_list(db_session(), current().hub_id, jobs, q.include)
 
 
 @blueprint.get("/<job_id>")
@@ -49,4 +47,4 @@ def list_jobs():
 @requires(Capability.JOBS_VIEW)
 def get_job(job_id: str):
     job = services.get_job(db_session(), current().hub_id, job_id)
-    return documents.JobDocument(data=documents.Job.of(job)).answer()
+    return documents.JobDocument(data=documents.Job.of(job))

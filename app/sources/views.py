@@ -32,7 +32,7 @@ def list_sources():
     q = SOURCES.parse()
     query = services.sources_query(current().hub_id, q.filters, q.states())
     sources = fetch_page(query, q, ImageSource.id.desc())
-    return source_list(db_session(), current().hub_id, sources, q.include, q.meta).answer()
+    return source_list(db_session(), current().hub_id, sources, q.include, q.meta)
 
 
 @blueprint.post("")
@@ -43,7 +43,7 @@ def create_source():
     session = db_session()
     source = services.create_source(session, current().hub_id, current().creator, body)
     session.commit()
-    return SourceDocument.of(source).answer(), 201
+    return SourceDocument.of(source)
 
 
 @blueprint.get("/<source_id>")
@@ -54,7 +54,7 @@ def get_source(source_id: str):
     q = ONE_SOURCE.parse()
     source = services.get_source(db_session(), current().hub_id, source_id)
     listed = source_list(db_session(), current().hub_id, [source], q.include, q.meta)
-    return SourceDocument(data=listed.data[0], includes=listed.includes).answer()
+    return SourceDocument(data=listed.data[0], includes=listed.includes)
 
 
 @blueprint.patch("/<source_id>")
@@ -66,7 +66,7 @@ def update_source(source_id: str):
     session = db_session()
     source = services.update_source(session, current().hub_id, source_id, body)
     session.commit()
-    return SourceDocument.of(source).answer()
+    return SourceDocument.of(source)
 
 
 @blueprint.delete("/<source_id>")
