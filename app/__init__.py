@@ -15,6 +15,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.images.views import blueprint as images
     from app.jobs.views import blueprint as jobs
     from app.openapi import blueprint as openapi
+    from app.openapi import documented
+    from app.ready import Health, HealthDocument
     from app.ready import blueprint as ready
     from app.sources.views import blueprint as sources
 
@@ -39,7 +41,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(ready)
 
     @app.get("/v1/health")
+    @documented("Whether the API answers", HealthDocument)
     def health():
-        return {"data": {"status": "ok"}}
+        return HealthDocument(data=Health(status="ok"))
 
     return app

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.documents import ErrorDetail, ErrorEnvelope
+
 
 class ApiError(Exception):
     """An error a client sees: HTTP status, Cycle error code, a title and an optional detail."""
@@ -22,14 +24,9 @@ class ApiError(Exception):
             self.title = title
 
     def envelope(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"status": self.status, "code": self.code, "title": self.title}
-        if self.detail:
-            error["detail"] = self.detail
-        if self.source:
-            error["source"] = self.source
-        if self.extra:
-            error["extra"] = self.extra
-        return {"error": error, "data": None}
+        return ErrorEnvelope(error=ErrorDetail(
+            status=self.status, code=self.code, title=self.title, detail=self.detail or None,
+            source=self.source or None, extra=self.extra or None), data=None).answer()
 
 
 def _error(status: int, code: str, title: str) -> type[ApiError]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 import psycopg
 import redis
@@ -17,6 +18,8 @@ from sqlalchemy.engine import make_url
 
 from app import errors
 from app.config import get_settings
+from app.documents import Document
+from app.openapi import documented
 
 log = logging.getLogger("imagejobs.api")
 blueprint = Blueprint("ready", __name__)
@@ -45,7 +48,26 @@ CHECKS: dict[str, tuple[str, Callable[[], None]]] = {
     "postgres": ("Postgres", _postgres), "redis": ("Redis (the broker)", _redis)}
 
 
+class Health(Document):
+    status: Literal["ok"]
+
+
+class HealthDocument(Document):
+    data: Health
+
+
+class Ready(Document):
+    postgres: Literal["ok"]
+    redis: Literal["ok"]
+
+
+class ReadyDocument(Document):
+    data: Ready
+
+
 @blueprint.get("/v1/ready")
+@documented("Whether the API reaches Postgres and Redis; 503 names those it cannot reach",
+            ReadyDocument)
 def ready():
     """200 with each service `ok`, or 503.not-ready naming those that cannot be reached."""
     states: dict[str, str] = {}
@@ -59,4 +81,4 @@ def ready():
     down = [CHECKS[name][0] for name, state in states.items() if state != "ok"]
     if down:
         raise errors.NotReady(f"{' and '.join(down)} cannot be reached.", extra=states)
-    return {"data": states}
+    return ReadyDocument(data=Ready(**states))

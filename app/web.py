@@ -6,7 +6,10 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,9 +124,58 @@ def _nul_at(value: Any, path: str = "") -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class ListParameters:
+    """The query parameters a view takes (filter[...], sort, page[...], include, meta), declared
+    once beside it: `parse()` reads them and app.openapi documents them."""
+
+    # A paged list of resources in these states (`filter[state]`); None: one resource.
+    states: type[StrEnum] | None = None
+    filters: Mapping[str, str] = field(default_factory=dict)  # name → description
+    sorts: Mapping[str, Any] = field(default_factory=dict)  # name → column
+    includes: AbstractSet[str] = frozenset()
+    metas: AbstractSet[str] = frozenset()
+
+    def filter_names(self) -> set[str]:
+        return {*self.filters, "state"} if self.states else set(self.filters)
+
+    def parse(self) -> ListQuery:
+        """Parse and check the request's parameters against what the view offers."""
+        query = ListQuery(sorts=self.sorts)
+        filters = self.filter_names()
+        for name, value in request.args.items(multi=True):
+            if "\x00" in name or "\x00" in value:
+                raise errors.InvalidArgument("Query parameters may not contain NUL characters.",
+                                             source=name.replace("\x00", ""))
+            match = _BRACKETED.match(name)
+            if match and match[1] == "filter":
+                if match[2] not in filters:
+                    raise errors.InvalidArgument(f"Unknown filter `{match[2]}`; this list can be "
+                                                 f"filtered by {_listed(filters)}.", source=name)
+                if len(value) > MAX_FILTER_LENGTH:
+                    raise errors.MaxExceeded(f"`{name}` is longer than {MAX_FILTER_LENGTH} "
+                                             "characters.", source=name)
+                query.filters[match[2]] = value
+            elif match and match[1] == "page":
+                _set_page(query, match[2], value)
+            elif name == "sort":
+                query.sort += [_sort_key(item, self.sorts) for item in value.split(",")
+                               if item.strip()]
+            elif name in ("include", "meta"):
+                allowed = self.includes if name == "include" else self.metas
+                wanted = {v.strip() for v in value.split(",") if v.strip()}
+                unknown = wanted - allowed
+                if unknown:
+                    raise errors.InvalidArgument(
+                        f"Unknown {name} `{sorted(unknown)[0]}`; this endpoint offers "
+                        f"{_listed(allowed)}.", source=name)
+                getattr(query, name).update(wanted)
+        return query
+
+
 @dataclass
 class ListQuery:
-    """The list parameters of the spec: filter[...], sort, page[number]/page[size], include, meta."""
+    """The list parameters of one request, parsed."""
 
     filters: dict[str, str] = field(default_factory=dict)
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (field, descending)
@@ -131,6 +183,7 @@ class ListQuery:
     page_size: int = 20
     include: set[str] = field(default_factory=set)
     meta: set[str] = field(default_factory=set)
+    sorts: Mapping[str, Any] = field(default_factory=dict)  # what `sort` may name, and its column
 
     @property
     def offset(self) -> int:
@@ -146,39 +199,6 @@ MAX_FILTER_LENGTH = 256
 # Far beyond any real list, and small enough that the row offset fits Postgres' bigint.
 MAX_PAGE_NUMBER = 1_000_000_000
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
-
-
-def list_query(filters: set[str] = frozenset(), sorts: set[str] = frozenset(),
-               includes: set[str] = frozenset(), metas: set[str] = frozenset()) -> ListQuery:
-    """Parse and check the list parameters against what the endpoint offers."""
-    query = ListQuery()
-    for name, value in request.args.items(multi=True):
-        if "\x00" in name or "\x00" in value:
-            raise errors.InvalidArgument("Query parameters may not contain NUL characters.",
-                                         source=name.replace("\x00", ""))
-        match = _BRACKETED.match(name)
-        if match and match[1] == "filter":
-            if match[2] not in filters:
-                raise errors.InvalidArgument(f"Unknown filter `{match[2]}`; this list can be "
-                                             f"filtered by {_listed(filters)}.", source=name)
-            if len(value) > MAX_FILTER_LENGTH:
-                raise errors.MaxExceeded(f"`{name}` is longer than {MAX_FILTER_LENGTH} characters.",
-                                         source=name)
-            query.filters[match[2]] = value
-        elif match and match[1] == "page":
-            _set_page(query, match[2], value)
-        elif name == "sort":
-            query.sort += [_sort_key(item, sorts) for item in value.split(",") if item.strip()]
-        elif name in ("include", "meta"):
-            allowed = includes if name == "include" else metas
-            wanted = {v.strip() for v in value.split(",") if v.strip()}
-            unknown = wanted - allowed
-            if unknown:
-                raise errors.InvalidArgument(
-                    f"Unknown {name} `{sorted(unknown)[0]}`; this endpoint offers "
-                    f"{_listed(allowed)}.", source=name)
-            getattr(query, name).update(wanted)
-    return query
 
 
 def _set_page(query: ListQuery, key: str, value: str) -> None:
@@ -203,7 +223,7 @@ def _set_page(query: ListQuery, key: str, value: str) -> None:
         query.page_number = number
 
 
-def _sort_key(item: str, sorts: set[str]) -> tuple[str, bool]:
+def _sort_key(item: str, sorts: Mapping[str, Any]) -> tuple[str, bool]:
     item = item.strip()
     descending = item.startswith("-")
     name = item.lstrip("-+")
@@ -213,7 +233,7 @@ def _sort_key(item: str, sorts: set[str]) -> tuple[str, bool]:
     return name, descending
 
 
-def _listed(names: set[str]) -> str:
+def _listed(names: Iterable[str]) -> str:
     return ", ".join(f"`{n}`" for n in sorted(names)) or "nothing"
 
 
@@ -255,9 +275,10 @@ def register(app: Flask) -> None:
     app.register_error_handler(Exception, _render_unexpected)
 
 
-def fetch_page(query: Select, q: ListQuery, sorts: dict[str, Any], default: Any) -> list[Any]:
+def fetch_page(query: Select, q: ListQuery, default: Any) -> list[Any]:
     """One page of `query`, ordered as asked (then by the default order, for a stable paging)."""
-    order = [sorts[name].desc() if descending else sorts[name].asc() for name, descending in q.sort]
+    order = [q.sorts[name].desc() if descending else q.sorts[name].asc()
+             for name, descending in q.sort]
     order.append(default)
     return list(db_session().scalars(query.order_by(*order).offset(q.offset).limit(q.page_size)))
 

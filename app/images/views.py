@@ -2,85 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, request
-from sqlalchemy import select
 
 from app import errors
-from app.db import rfc3339
 from app.hubs.auth import authenticate, current, requires
-from app.hubs.documents import creators_include
 from app.hubs.models import Capability
 from app.images import services
-from app.images.models import Image
+from app.images.documents import BuildLogDocument, ImageDocument, ImageListDocument, image_list
+from app.images.models import Image, ImageState
 from app.images.schemas import ImageCreate, ImagesTask, ImageTask, ImageUpdate
+from app.jobs.documents import JobDescriptorDocument
 from app.jobs.views import accepted
+from app.openapi import documented, query_parameter
 from app.serve import off_the_hub
-from app.sources.models import ImageSource
-from app.sources.views import source_document
-from app.web import db_session, fetch_page, list_query, parse_body, receive_upload
+from app.web import ListParameters, db_session, fetch_page, parse_body, receive_upload
 
 blueprint = Blueprint("images", __name__, url_prefix="/v1/images")
 
-
-def image_document(image: Image, upload_token: str | None = None) -> dict[str, Any]:
-    """The spec's Image; an upload token appears only in the answer that created it."""
-    state: dict[str, Any] = {"current": image.state, "changed": rfc3339(image.state_changed)}
-    if image.state_error:
-        state["error"] = {"message": image.state_error, "time": rfc3339(image.state_error_time)}
-    origin = image.origin
-    if image.origin_type == "cycle-upload":
-        origin = {"type": "cycle-upload", "details": {
-            "expires": rfc3339(image.upload_expires), "token": upload_token or ""}}
-    source: dict[str, Any] = {"type": "direct",
-                              "details": {"id": image.source_id, "origin": origin}}
-    if image.override:
-        source["override"] = image.override
-    factory = None
-    if image.factory_node_id:
-        factory = {"node_id": image.factory_node_id,
-                   "cached": rfc3339(image.factory_cached),
-                   "acknowledged": rfc3339(image.factory_acknowledged)}
-    return {
-        "id": image.id,
-        "hub_id": image.hub_id,
-        "name": image.name,
-        "size": image.size,
-        "about": {"description": image.about_description},
-        "backend": {"provider": image.backend_provider, "size": image.size,
-                    "file_name": image.backend_file_name, "file_id": image.backend_file_id},
-        "requires": {"nvidia_gpu": False},
-        "build": image.build,
-        "builder": None,
-        "config": image.config,
-        "source": source,
-        "creator": {"id": image.creator_id, "type": image.creator_type},
-        "factory": factory,
-        "state": state,
-        "events": {"created": rfc3339(image.created), "updated": rfc3339(image.updated),
-                   "deleted": rfc3339(image.deleted)},
-    }
-
-
-def _documents(images: list[Image], include: set[str]) -> dict[str, Any]:
-    result: dict[str, Any] = {"data": [image_document(i) for i in images]}
-    includes: dict[str, Any] = {}
-    hub_id = current().hub_id
-    if "creators" in include:
-        includes["creators"] = creators_include(db_session(), hub_id,
-                                                {i.creator_id for i in images})
-    if "sources" in include:
-        wanted = {i.source_id for i in images}
-        sources = db_session().scalars(select(ImageSource).where(
-            ImageSource.id.in_(wanted), ImageSource.hub_id == hub_id)) if wanted else []
-        includes["sources"] = {s.id: source_document(s) for s in sources}
-    if includes:
-        result["includes"] = includes
-    return result
-
-
-INCLUDES = {"creators", "sources"}
+ONE_IMAGE = ListParameters(includes={"creators", "sources"})
+IMAGES = ListParameters(
+    states=ImageState,
+    filters={"source_id": "Images of this source.",
+             "source_type": "Only `direct` sources exist.",
+             "identifier": "Images of sources with this identifier.",
+             "search": "A substring of the name or the engine's tag, or an id."},
+    sorts=services.IMAGE_SORTS, includes=ONE_IMAGE.includes)
 
 
 def _check_includes(include: set[str]) -> None:
@@ -90,17 +36,19 @@ def _check_includes(include: set[str]) -> None:
 
 
 @blueprint.get("")
+@documented("List the hub's images", ImageListDocument, query=IMAGES)
 @requires(Capability.IMAGES_VIEW)
 def list_images():
-    q = list_query(filters={"state", "source_id", "search", "source_type", "identifier"},
-                   sorts=set(services.IMAGE_SORTS), includes=INCLUDES)
+    q = IMAGES.parse()
     _check_includes(q.include)
     query = services.images_query(current().hub_id, q.filters, q.states())
-    images = fetch_page(query, q, services.IMAGE_SORTS, Image.id.desc())
-    return _documents(images, q.include)
+    images = fetch_page(query, q, Image.id.desc())
+    return image_list(db_session(), current().hub_id, images, q.include)
 
 
 @blueprint.post("")
+@documented("Create an image from a source (state `new`)", ImageDocument, status=201,
+            body=ImageCreate, errors=(errors.SourceNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_MANAGE)
 def create_image():
     body = parse_body(ImageCreate)
@@ -108,31 +56,34 @@ def create_image():
     image, upload_token = services.create_image(session, current().hub_id, current().creator,
                                                 body)
     session.commit()
-    return {"data": image_document(image, upload_token)}, 201
+    return ImageDocument.of(image, upload_token)
 
 
 @blueprint.get("/<image_id:image_id>")
+@documented("Get an image", ImageDocument, query=ONE_IMAGE, errors=(errors.ImageNotFound,))
 @requires(Capability.IMAGES_VIEW)
 def get_image(image_id: str):
-    q = list_query(includes=INCLUDES)
+    q = ONE_IMAGE.parse()
     _check_includes(q.include)
     image = services.get_image(db_session(), current().hub_id, image_id)
-    result = _documents([image], q.include)
-    result["data"] = result["data"][0]
-    return result
+    listed = image_list(db_session(), current().hub_id, [image], q.include)
+    return ImageDocument(data=listed.data[0], includes=listed.includes)
 
 
 @blueprint.patch("/<image_id:image_id>")
+@documented("Rename an image", ImageDocument, body=ImageUpdate, errors=(errors.ImageNotFound,))
 @requires(Capability.IMAGES_MANAGE)
 def update_image(image_id: str):
     body = parse_body(ImageUpdate)
     session = db_session()
     image = services.rename_image(session, current().hub_id, image_id, body.name)
     session.commit()
-    return {"data": image_document(image)}
+    return ImageDocument.of(image)
 
 
 @blueprint.delete("/<image_id:image_id>")
+@documented("Delete an image from the node holding it (a job)", JobDescriptorDocument,
+            status=202, errors=(errors.ImageNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_MANAGE)
 def delete_image(image_id: str):
     session = db_session()
@@ -141,6 +92,9 @@ def delete_image(image_id: str):
 
 
 @blueprint.post("/<image_id:image_id>/tasks")
+@documented("Import an image: pull, build or load it (a job)", JobDescriptorDocument, status=202,
+            body=ImageTask,
+            errors=(errors.ImageNotFound, errors.InvalidState, errors.InvalidArgument))
 @requires(Capability.IMAGES_IMPORT)
 def create_image_task(image_id: str):
     parse_body(ImageTask)
@@ -150,6 +104,8 @@ def create_image_task(image_id: str):
 
 
 @blueprint.post("/tasks")
+@documented("Prune the images of some sources (a job)", JobDescriptorDocument, status=202,
+            body=ImagesTask, errors=(errors.SourceNotFound,))
 @requires(Capability.IMAGES_MANAGE)
 def create_images_task():
     body = parse_body(ImagesTask)
@@ -159,7 +115,25 @@ def create_images_task():
         body.contents.dry_run))
 
 
+_TAR = {"type": "string", "format": "binary"}
+
+
 @blueprint.post("/<image_id:image_id>/upload")
+@documented(
+    "Upload a cycle-upload image's tar, authenticated by its single-use token (a job)",
+    JobDescriptorDocument, status=202,
+    parameters=(query_parameter("token", {"type": "string"},
+                                "The token the image was created with.", required=True),
+                query_parameter("hub-id", {"type": "string"},
+                                "The hub, when `X-Hub-Id` is not sent."),
+                {"name": "X-Hub-Id", "in": "header", "required": False,
+                 "schema": {"type": "string"}, "description": "The image's hub."}),
+    request_body={"required": True, "content": {
+        "application/octet-stream": {"schema": _TAR},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file.tar"],
+                                           "properties": {"file.tar": _TAR}}}}},
+    errors=(errors.InvalidSyntax, errors.AuthInvalid, errors.Expired, errors.InvalidState,
+            errors.PayloadTooLarge, errors.MissingArgument, errors.InvalidInput))
 def upload_image(image_id: str):
     """Take a cycle-upload image's tar (multipart `file.tar`, or the raw body), streamed to disk.
 
@@ -183,6 +157,11 @@ def upload_image(image_id: str):
 
 
 @blueprint.get("/<image_id:image_id>/build-log")
+@documented("An image's build log, from `offset` on", BuildLogDocument,
+            parameters=(query_parameter(
+                "offset", {"type": "integer", "minimum": 0, "maximum": 10**12 - 1},
+                "Characters to skip: `meta.next_offset` of the last answer."),),
+            errors=(errors.ImageNotFound, errors.BuildLogNotFound, errors.InvalidArgument))
 @requires(Capability.IMAGES_VIEW)
 def get_build_log(image_id: str):
     """The build log; `?offset=N` gives only what follows its first N characters.
@@ -196,14 +175,7 @@ def get_build_log(image_id: str):
     if build_log is None:
         raise errors.BuildLogNotFound("This image has no build log: it was not built from a "
                                       "Dockerfile, or its build has not started.")
-    return {"data": {
-        "id": build_log.id, "hub_id": build_log.hub_id, "image_id": build_log.image_id,
-        "log": build_log.text,
-        "events": {"created": rfc3339(build_log.created), "updated": rfc3339(build_log.updated),
-                   "deleted": rfc3339(build_log.deleted)},
-        "meta": {"offset": offset, "next_offset": build_log.length,
-                 "truncated": build_log.truncated},
-    }}
+    return BuildLogDocument.of(build_log, offset)
 
 
 def _offset() -> int:

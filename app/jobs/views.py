@@ -2,47 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint
 from sqlalchemy.orm import Session
 
+from app import errors
 from app.db import autocommit_session
 from app.hubs.auth import current, requires
-from app.hubs.documents import creators_include
 from app.hubs.models import Capability
-from app.jobs import services
-from app.jobs.documents import job_descriptor, job_document
-from app.jobs.models import Job
-from app.web import db_session, fetch_page, list_query
+from app.jobs import documents, services
+from app.jobs.models import Job, JobState
+from app.openapi import documented
+from app.web import ListParameters, db_session, fetch_page
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
+JOBS = ListParameters(
+    states=JobState,
+    filters={"search": "A substring of the caption, a job id or the id of the resource it works "
+                       "on.",
+             "range-start": "Jobs queued at or after this time.",
+             "range-end": "Jobs queued at or before this time."},
+    sorts=services.JOB_SORTS, includes={"creators"})
 
-def accepted(session: Session, job: Job) -> tuple[dict[str, Any], int]:
-    """The 202 of a job-creating call: commit, then publish (Postgres hears first), describe."""
+
+def accepted(session: Session, job: Job) -> documents.JobDescriptorDocument:
+    """The answer of a job-creating call: commit, then publish (Postgres hears first), describe."""
     session.commit()
     with autocommit_session() as note:
         services.publish(note, job)
-    return {"data": job_descriptor(job)}, 202
+    return documents.JobDescriptorDocument.of(job)
 
 
 @blueprint.get("")
+@documented("List the hub's jobs", documents.JobListDocument, query=JOBS)
 @requires(Capability.JOBS_VIEW)
 def list_jobs():
-    q = list_query(filters={"state", "search", "range-start", "range-end"},
-                   sorts=set(services.JOB_SORTS),
-                   includes={"creators"})
+    q = JOBS.parse()
     query = services.jobs_query(current().hub_id, q.filters, q.states())
-    jobs = fetch_page(query, q, services.JOB_SORTS, Job.id.desc())
-    result = {"data": [job_document(j) for j in jobs]}
-    if "creators" in q.include:
-        result["includes"] = {"creators": creators_include(
-            db_session(), current().hub_id, {j.creator_id for j in jobs})}
-    return result
+    jobs = fetch_page(query, q, Job.id.desc())
+    return documents.job_list(db_session(), current().hub_id, jobs, q.include)
 
 
 @blueprint.get("/<job_id>")
+@documented("Get a job", documents.JobDocument, errors=(errors.JobNotFound,))
 @requires(Capability.JOBS_VIEW)
 def get_job(job_id: str):
-    return {"data": job_document(services.get_job(db_session(), current().hub_id, job_id))}
+    job = services.get_job(db_session(), current().hub_id, job_id)
+    return documents.JobDocument(data=documents.Job.of(job))

@@ -2,99 +2,76 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint
 
-from app.db import rfc3339
+from app import errors
 from app.hubs.auth import current, requires
-from app.hubs.documents import creators_include
 from app.hubs.models import Capability
+from app.jobs.documents import JobDescriptorDocument
 from app.jobs.views import accepted
+from app.openapi import documented
 from app.sources import services
-from app.sources.models import ImageSource
+from app.sources.documents import SourceDocument, SourceListDocument, source_list
+from app.sources.models import ImageSource, SourceState
 from app.sources.schemas import SourceCreate, SourceUpdate
-from app.web import db_session, fetch_page, list_query, parse_body
+from app.web import ListParameters, db_session, fetch_page, parse_body
 
 blueprint = Blueprint("sources", __name__, url_prefix="/v1/images/sources")
 
-
-def source_document(source: ImageSource) -> dict[str, Any]:
-    state: dict[str, Any] = {"current": source.state, "changed": rfc3339(source.state_changed)}
-    if source.state_error:
-        state["error"] = {"message": source.state_error}
-    return {
-        "id": source.id,
-        "identifier": source.identifier,
-        "type": source.type,
-        "hub_id": source.hub_id,
-        "name": source.name,
-        "about": {"description": source.about_description},
-        "origin": source.origin,
-        "builder": source.builder,
-        "creator": {"id": source.creator_id, "type": source.creator_type},
-        "acl": source.acl,
-        "state": state,
-        "events": {"created": rfc3339(source.created), "updated": rfc3339(source.updated),
-                   "deleted": rfc3339(source.deleted)},
-    }
-
-
-def _documents(sources: list[ImageSource], include: set[str], meta: set[str]
-               ) -> dict[str, Any]:
-    data = [source_document(s) for s in sources]
-    if "images_count" in meta:
-        counts = services.images_count(db_session(), [s.id for s in sources])
-        for document in data:
-            document["meta"] = {"images_count": counts[document["id"]]}
-    result: dict[str, Any] = {"data": data}
-    if "creators" in include:
-        result["includes"] = {"creators": creators_include(
-            db_session(), current().hub_id, {s.creator_id for s in sources})}
-    return result
+ONE_SOURCE = ListParameters(includes={"creators"}, metas={"images_count"})
+SOURCES = ListParameters(
+    states=SourceState, filters={"identifier": "Sources with this identifier.",
+                                 "search": "A substring of the name, or an id."},
+    sorts=services.SOURCE_SORTS, includes=ONE_SOURCE.includes, metas=ONE_SOURCE.metas)
 
 
 @blueprint.get("")
+@documented("List the hub's image sources", SourceListDocument, query=SOURCES)
 @requires(Capability.IMAGES_SOURCES_VIEW)
 def list_sources():
-    q = list_query(filters={"identifier", "search", "state"}, sorts=set(services.SOURCE_SORTS),
-                   includes={"creators"}, metas={"images_count"})
+    q = SOURCES.parse()
     query = services.sources_query(current().hub_id, q.filters, q.states())
-    sources = fetch_page(query, q, services.SOURCE_SORTS, ImageSource.id.desc())
-    return _documents(sources, q.include, q.meta)
+    sources = fetch_page(query, q, ImageSource.id.desc())
+    return source_list(db_session(), current().hub_id, sources, q.include, q.meta)
 
 
 @blueprint.post("")
+@documented("Create an image source", SourceDocument, status=201, body=SourceCreate)
 @requires(Capability.IMAGES_SOURCES_MANAGE)
 def create_source():
     body = parse_body(SourceCreate)
     session = db_session()
     source = services.create_source(session, current().hub_id, current().creator, body)
     session.commit()
-    return {"data": source_document(source)}, 201
+    return SourceDocument.of(source)
 
 
 @blueprint.get("/<source_id>")
+@documented("Get an image source", SourceDocument, query=ONE_SOURCE,
+            errors=(errors.SourceNotFound,))
 @requires(Capability.IMAGES_SOURCES_VIEW)
 def get_source(source_id: str):
-    q = list_query(includes={"creators"}, metas={"images_count"})
+    q = ONE_SOURCE.parse()
     source = services.get_source(db_session(), current().hub_id, source_id)
-    result = _documents([source], q.include, q.meta)
-    result["data"] = result["data"][0]
-    return result
+    listed = source_list(db_session(), current().hub_id, [source], q.include, q.meta)
+    return SourceDocument(data=listed.data[0], includes=listed.includes)
 
 
 @blueprint.patch("/<source_id>")
+@documented("Change an image source (an origin sent back with blank secrets keeps them)",
+            SourceDocument, body=SourceUpdate, errors=(errors.SourceNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_SOURCES_MANAGE)
 def update_source(source_id: str):
     body = parse_body(SourceUpdate)
     session = db_session()
     source = services.update_source(session, current().hub_id, source_id, body)
     session.commit()
-    return {"data": source_document(source)}
+    return SourceDocument.of(source)
 
 
 @blueprint.delete("/<source_id>")
+@documented("Delete an image source and its images (a job)", JobDescriptorDocument, status=202,
+            errors=(errors.SourceNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_SOURCES_MANAGE)
 def delete_source(source_id: str):
     session = db_session()
