@@ -32,6 +32,7 @@ from app import vault
 from app.db import transaction
 from app.hubs import services as key_services
 from app.images import services as image_services
+from app.images.models import BuildLogChunk
 from app.models import ApiKey, BuildLog, Hub, Image, ImageSource, Job
 from tests.api_calls import make_tenant, oci_origin, registry_origin
 from tests.image_builds import dockerfile_context
@@ -254,6 +255,9 @@ def test_no_job_build_log_or_other_row_of_the_hub_holds_a_secret(run):
             for row in session.execute(select(model.__table__).where(column == run.hub_id)):
                 rows.append(" ".join(value.decode("latin-1") if isinstance(value, bytes)
                                      else json.dumps(value, default=str) for value in row))
+        # The build logs' text, in the chunks of the hub's images.
+        rows.extend(session.scalars(select(BuildLogChunk.text).where(BuildLogChunk.image_id.in_(
+            select(Image.id).where(Image.hub_id == run.hub_id)))))
     assert len(rows) > 20
     assert found_in("\n".join(rows), run.needles) == []
 

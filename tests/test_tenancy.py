@@ -28,7 +28,7 @@ from app import create_app
 from app.db import new_id, transaction
 from app.hubs.models import Capability
 from app.hubs.services import create_key
-from app.images.models import engine_tag
+from app.images.models import BuildLogChunk, engine_tag
 from app.models import BuildLog, Image, ImageSource, Job
 from tests.api_calls import (
     Api,
@@ -381,7 +381,11 @@ def rows_of(hub_id: str) -> list[tuple]:
     with transaction() as session:
         return [tuple(row) for model in (ImageSource, Image, Job, BuildLog)
                 for row in session.execute(select(model.__table__).where(model.hub_id == hub_id)
-                                           .order_by(model.id))]
+                                           .order_by(model.id))] + [
+            tuple(row) for row in session.execute(
+                select(BuildLogChunk.__table__)
+                .where(BuildLogChunk.image_id.in_(select(Image.id).where(Image.hub_id == hub_id)))
+                .order_by(BuildLogChunk.image_id, BuildLogChunk.start))]
 
 
 # --- tenancy -------------------------------------------------------------------------------------

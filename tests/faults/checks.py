@@ -14,7 +14,7 @@ import docker.errors
 from sqlalchemy import func, select
 
 from app.db import transaction
-from app.images.models import TRANSITIONAL, BuildLog, Image, ImageState, engine_tag
+from app.images.models import TRANSITIONAL, BuildLogChunk, Image, ImageState, engine_tag
 from app.jobs.models import ACTIVE, Job, JobState
 from tests.faults.load import HarnessImage
 
@@ -192,8 +192,10 @@ def check_long_builds(report: Report, images: list[HarnessImage], logs: list[Pat
     with transaction() as session:
         jobs = list(session.scalars(select(Job).where(
             Job.action == "image.import", Job.subject_id.in_(list(long_ids))).order_by(Job.id)))
-        headers = {b.image_id: b.log.count("[imagejobs: build attempt ") for b in session.scalars(
-            select(BuildLog).where(BuildLog.image_id.in_(list(long_ids))))}
+        headers = Counter(image_id for image_id, text in session.execute(
+            select(BuildLogChunk.image_id, BuildLogChunk.text)
+            .where(BuildLogChunk.image_id.in_(list(long_ids))))
+            for _ in range(text.count("[imagejobs: build attempt ")))
     for job in jobs:
         runs = deliveries.get(job.id, [])
         claims = sum(1 for _, what in runs if what == "claimed")
