@@ -1,5 +1,8 @@
 """The origin types of an image source, validated, and the split of their secrets from the rest.
 
+Each type is one model (an `OriginKind`) that also says how the API queues its images' imports;
+`stored_origin` reads a stored origin back into it.
+
 Secrets (tokens, passwords, keys) are write-only: they are sealed apart from the origin and every
 response shows them as empty strings.
 """
