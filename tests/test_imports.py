@@ -12,7 +12,13 @@ import docker.errors
 import pytest
 import requests
 
+from app.db import transaction
+from app.images.models import Image
+from app.jobs.actions import Action
+from app.jobs.queueing import PULL_QUEUE
+from app.jobs.services import NewTask, create_job
 from tests.api_calls import (
+    assert_error,
     assert_failed,
     assert_held_by_engine,
     assert_live_in_engine,
@@ -26,6 +32,7 @@ from tests.api_calls import (
     parse_time,
     registry_origin,
     repository_path,
+    stored_image,
 )
 from tests.image_builds import dockerfile_context
 from tests.servers import UnavailableServer
@@ -361,3 +368,25 @@ def test_tagging_an_image_the_engine_does_not_hold_is_transient(docker_client):
 
     assert raised.value.transient
     assert "no longer holds" in raised.value.message
+
+
+def test_an_origin_that_no_longer_reads_is_refused_and_ends_a_queued_import_saying_why(api, tenant):
+    image_id = stored_image(tenant)
+    with transaction() as session:
+        session.get(Image, image_id).origin = {"type": "docker-registry",
+                                               "details": {"target": "team/app:v1"}}
+    reason = ("The origin stored with the image cannot be read (`/details/url`: Field required); "
+              "save the source's origin again and make a new image of it.")
+
+    response = api.post(f"/v1/images/{image_id}/tasks", json={"action": "import"})
+    assert assert_error(response, 422, "422.invalid-argument")["detail"] == reason
+
+    # One queued before its origin changed: the worker ends it, in the same words.
+    with transaction() as session:
+        job_id = create_job(session, hub_id=tenant.hub_id,
+                            creator={"id": tenant.key_id, "type": "api-key"},
+                            action=Action.IMAGE_IMPORT, queue=PULL_QUEUE, caption="Import",
+                            subject_id=image_id, task=NewTask(header="import", caption="Import",
+                                                              input={"image_id": image_id})).id
+    job = api.wait_for_job(job_id)
+    assert_failed(job, get_image(api, image_id), reason)

@@ -26,7 +26,7 @@ from app.jobs.actions import Action
 from app.jobs.models import Job
 from app.jobs.services import NewTask, create_job
 from app.sources.models import ImageSource, SourceState
-from app.sources.origins import PULL_TYPES, registry_of
+from app.sources.origins import PULL_TYPES, UnreadableOrigin, registry_of, stored_origin
 from app.sources.services import get_source
 
 
@@ -101,22 +101,14 @@ def import_image(session: Session, hub_id: str, creator: dict[str, str], image_i
     """Queue the import of an image; an import already queued or running is returned instead."""
     image = get_image(session, hub_id, image_id, lock=True)
     _refuse_if_deleting(image, "imported")
-    kind = image.origin_type
-    if kind == "none":
-        raise errors.InvalidArgument("The image's source has origin `none`: there is nothing "
-                                     "to import.")
-    if kind == "cycle-upload":
-        raise errors.InvalidArgument("Images of `cycle-upload` sources are imported by "
-                                     "uploading their tar, not by an import task.")
-    if kind == "docker-file":
-        details = image.origin.get("details") or {}
-        if not (details.get("repo") or details.get("targz_url")
-                or (image.override or {}).get("targz_url")):
-            raise errors.InvalidArgument("The image's `docker-file` source has neither a `repo` "
-                                         "nor a `targz_url`, and the image no "
-                                         "`override.targz_url`: there is nothing to build.")
-    queue = queueing.BUILD_QUEUE if kind == "docker-file" else queueing.PULL_QUEUE
-    return _import_job(session, image, creator, queue, {"image_id": image.id})
+    try:
+        origin = stored_origin(image.origin)
+    except UnreadableOrigin as exc:
+        raise errors.InvalidArgument(str(exc)) from None
+    refusal = origin.nothing_to_import(image.override or {})
+    if refusal:
+        raise errors.InvalidArgument(refusal)
+    return _import_job(session, image, creator, origin.import_queue, {"image_id": image.id})
 
 
 def _import_job(session: Session, image: Image, creator: dict[str, str], queue: str,

@@ -1,5 +1,8 @@
 """The origin types of an image source, validated, and the split of their secrets from the rest.
 
+Each type is one model (an `OriginKind`) that also says how the API queues its images' imports;
+`stored_origin` reads a stored origin back into it.
+
 Secrets (tokens, passwords, keys) are write-only: they are sealed apart from the origin and every
 response shows them as empty strings.
 """
@@ -8,7 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -16,12 +20,16 @@ from pydantic import (
     BaseModel,
     Field,
     StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from app.db import ZERO_TIME
 from app.images.models import ENGINE_NAMESPACE
+from app.jobs.queueing import BUILD_QUEUE, PULL_QUEUE
 from app.validation import Strict
 
 SECRET_FIELDS = frozenset({"token", "password", "passphrase", "private_key", "api_key", "secret",
@@ -33,6 +41,22 @@ _REFERENCE = re.compile(
     r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
     r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
     r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
+
+
+# Set in the context of a validation that reads an origin back from storage (`stored_origin`).
+_STORED = "stored"
+
+
+def _reading_stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(_STORED))
+
+
+def _on_request(check: Callable[[str], str]) -> Callable[[str, ValidationInfo], str]:
+    """A check of what a client sends, skipped on reading a stored origin: it was checked when
+    saved, and a check added since must not make the rows saved before it unreadable."""
+    def checked(value: str, info: ValidationInfo) -> str:
+        return value if _reading_stored(info) else check(value)
+    return checked
 
 
 def _check_target(value: str) -> str:
@@ -105,10 +129,12 @@ def _check_repo_url(value: str) -> str:
 
 
 Text = Annotated[str, StringConstraints(max_length=1024)]
-ImageTarget = Annotated[str, StringConstraints(min_length=1), AfterValidator(_check_target)]
-RegistryUrl = Annotated[str, StringConstraints(min_length=1), AfterValidator(_check_registry_url)]
+ImageTarget = Annotated[str, StringConstraints(min_length=1),
+                        AfterValidator(_on_request(_check_target))]
+RegistryUrl = Annotated[str, StringConstraints(min_length=1),
+                        AfterValidator(_on_request(_check_registry_url))]
 HttpUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048),
-                    AfterValidator(_check_http_url)]
+                    AfterValidator(_on_request(_check_http_url))]
 Secret = Annotated[str, StringConstraints(max_length=16384)]
 
 
@@ -119,6 +145,19 @@ class ExistingSource(Strict):
     source_id: ObjectId | None = None
 
 
+class OriginKind(Strict):
+    """One kind of origin, and what the API knows of importing the images of its sources."""
+
+    type: str
+    # The queue an import task of such an image goes to.
+    import_queue: ClassVar[str] = PULL_QUEUE
+
+    def nothing_to_import(self, override: dict[str, Any]) -> str | None:
+        """Why an import task of an image of this origin would have nothing to import (the
+        client's fault, word for word as the API refuses it); None when it has something."""
+        return None
+
+
 class DockerHubDetails(Strict):
     existing: ExistingSource | None = None
     target: ImageTarget
@@ -126,7 +165,10 @@ class DockerHubDetails(Strict):
     token: Secret | None = None
 
     @model_validator(mode="after")
-    def _credentials_for_docker_hub(self) -> DockerHubDetails:
+    def _credentials_for_docker_hub(self, info: ValidationInfo) -> DockerHubDetails:
+        # Stored, the import refuses it in its own words (a row saved before this check).
+        if _reading_stored(info):
+            return self
         if (self.username or self.token) and registry_of(self.target) not in DOCKER_HUB_NAMES:
             raise ValueError(docker_hub_only(self.target))
         return self
@@ -138,7 +180,7 @@ def docker_hub_only(target: str) -> str:
             "source for it")
 
 
-class DockerHubOrigin(Strict):
+class DockerHubOrigin(OriginKind):
     type: Literal["docker-hub"]
     details: DockerHubDetails
 
@@ -152,7 +194,7 @@ class DockerRegistryDetails(Strict):
     password: Secret | None = None
 
 
-class DockerRegistryOrigin(Strict):
+class DockerRegistryOrigin(OriginKind):
     type: Literal["docker-registry"]
     details: DockerRegistryDetails
 
@@ -207,7 +249,7 @@ class OciRegistryDetails(Strict):
     auth: RegistryAuth | None = None
 
 
-class OciRegistryOrigin(Strict):
+class OciRegistryOrigin(OriginKind):
     type: Literal["oci-registry"]
     details: OciRegistryDetails
 
@@ -240,7 +282,7 @@ class RepoRef(Strict):
 
 class Repo(Strict):
     url: Annotated[str, StringConstraints(min_length=1, max_length=2048),
-                   AfterValidator(_check_repo_url)]
+                   AfterValidator(_on_request(_check_repo_url))]
     branch: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     auth: Annotated[HttpCredentials | SshCredentials, Field(discriminator="type")] | None = None
     ref: RepoRef | None = None
@@ -261,24 +303,32 @@ class DockerFileDetails(Strict):
     credentials: list[DockerfileCredential] | None = Field(default=None, max_length=20)
 
     @model_validator(mode="after")
-    def _one_context(self) -> DockerFileDetails:
-        if self.repo and self.targz_url:
+    def _one_context(self, info: ValidationInfo) -> DockerFileDetails:
+        if self.repo and self.targz_url and not _reading_stored(info):
             raise ValueError("give either `repo` or `targz_url`, not both")
         return self
 
     @field_validator("context_dir", "build_file")
     @classmethod
-    def _inside_the_context(cls, value: str | None) -> str | None:
+    def _inside_the_context(cls, value: str | None, info: ValidationInfo) -> str | None:
         # Refused rather than re-rooted: `../x` is not `x`, whatever it was meant to reach.
-        if value is not None and ".." in value.strip().split("/"):
+        # Stored, the build refuses it in its own words (a row saved before this check).
+        if value is not None and ".." in value.strip().split("/") and not _reading_stored(info):
             raise ValueError(f"`{value[:100]}` climbs out of the build context with `..`; give a "
                              "path inside it")
         return value
 
 
-class DockerFileOrigin(Strict):
+class DockerFileOrigin(OriginKind):
     type: Literal["docker-file"]
     details: DockerFileDetails
+    import_queue: ClassVar[str] = BUILD_QUEUE
+
+    def nothing_to_import(self, override: dict[str, Any]) -> str | None:
+        if self.details.repo or self.details.targz_url or override.get("targz_url"):
+            return None
+        return ("The image's `docker-file` source has neither a `repo` nor a `targz_url`, and "
+                "the image no `override.targz_url`: there is nothing to build.")
 
 
 class CycleUploadDetails(Strict):
@@ -287,27 +337,36 @@ class CycleUploadDetails(Strict):
     token: Secret | None = None
 
 
-class CycleUploadOrigin(Strict):
+class CycleUploadOrigin(OriginKind):
     type: Literal["cycle-upload"]
     details: CycleUploadDetails | None = None
+
+    def nothing_to_import(self, override: dict[str, Any]) -> str | None:
+        return ("Images of `cycle-upload` sources are imported by uploading their tar, not by an "
+                "import task.")
 
 
 class CycleSourceDetails(Strict):
     source_id: Text
 
 
-class CycleSourceOrigin(Strict):
+class CycleSourceOrigin(OriginKind):
     type: Literal["cycle-source"]
     details: CycleSourceDetails
 
     @model_validator(mode="after")
-    def _not_in_a_source(self) -> CycleSourceOrigin:
+    def _not_in_a_source(self, info: ValidationInfo) -> CycleSourceOrigin:
+        if _reading_stored(info):
+            return self  # no source holds one; an import says it cannot import it
         raise ValueError("a `cycle-source` origin refers to another source and cannot be the "
                          "origin of an image source")
 
 
-class NoneOrigin(Strict):
+class NoneOrigin(OriginKind):
     type: Literal["none"]
+
+    def nothing_to_import(self, override: dict[str, Any]) -> str | None:
+        return "The image's source has origin `none`: there is nothing to import."
 
 
 Origin = Annotated[
@@ -317,6 +376,30 @@ Origin = Annotated[
 ]
 
 PULL_TYPES = frozenset({"docker-hub", "docker-registry", "oci-registry"})
+
+_ORIGINS: TypeAdapter[OriginKind] = TypeAdapter(Origin)
+
+
+class UnreadableOrigin(ValueError):
+    """A stored origin that reads as no origin model: a person's words for what is wrong."""
+
+
+def stored_origin(document: Any) -> OriginKind:
+    """An origin as this service stored it, read back into its model.
+
+    Only its shape is checked: what a request alone is checked for (policies, refusals added
+    since it was saved, a secret left blank) does not make it unreadable.
+    """
+    try:
+        return _ORIGINS.validate_python(document, context={_STORED: True})
+    except ValidationError as exc:
+        # Where and what, never the value: it may be a secret.
+        first = exc.errors(include_url=False, include_input=False)[0]
+        # The first part of a place inside an origin is its type, the union's tag.
+        where = "".join(f"/{part}" for part in first["loc"][1:])
+        raise UnreadableOrigin("The origin stored with the image cannot be read ("
+                               + (f"`{where}`: " if where else "") + f"{first['msg']}); save "
+                               "the source's origin again and make a new image of it.") from None
 
 
 def origin_document(origin: BaseModel) -> dict[str, Any]:

@@ -36,11 +36,23 @@ from app.jobs.models import Job
 from app.sources.origins import (
     DOCKER_HUB,
     DOCKER_HUB_NAMES,
-    PULL_TYPES,
+    CycleUploadOrigin,
+    DockerFileDetails,
+    DockerFileOrigin,
+    DockerHubOrigin,
+    DockerRegistryOrigin,
+    HttpCredentials,
+    OciRegistryOrigin,
+    OriginKind,
+    RegistryAuthUser,
+    Repo,
+    SshCredentials,
+    UnreadableOrigin,
     docker_hub_only,
     merge_secrets,
     registry_host,
     registry_of,
+    stored_origin,
 )
 from workers.buildlog import BuildLogWriter, open_log
 from workers.context import (
@@ -75,7 +87,7 @@ class _Plan:
     """What the first write of an import found out: the work the rest of the attempt does."""
 
     image_id: str
-    origin: dict[str, Any]
+    origin: OriginKind
     override: dict[str, Any]
     build: dict[str, Any]
     upload: str | None = None
@@ -123,11 +135,11 @@ def _start(job_run: JobRun) -> _Plan:
         except vault.UnreadableSecrets as exc:
             raise JobFailed(f"{exc} Save the source's credentials again to seal them with the "
                             "current key.") from None
-        plan = _Plan(image.id, merge_secrets(image.origin, secrets), image.override or {},
+        plan = _Plan(image.id, read_origin(image.origin, secrets), image.override or {},
                      image.build or {}, upload)
         image.state_error = None
         image.factory_acknowledged = utcnow()
-        importer = importer_of(plan.origin["type"])
+        importer = importer_of(plan.origin)
         image.move_to(importer.first_state)
         importer.prepare(session, image, job_run, job, plan)
     return plan
@@ -145,8 +157,7 @@ def _bring_in(job_run: JobRun, plan: _Plan) -> tuple[str, dict[str, Any], dict[s
     dropped: list[str] = []
     with Engine() as engine:
         try:
-            file_id = importer_of(plan.origin["type"]).produce(job_run, engine, plan, staging,
-                                                              dropped)
+            file_id = importer_of(plan.origin).produce(job_run, engine, plan, staging, dropped)
             # Reading the config takes an engine call, not a write of its own: the step is
             # recorded, with its real times, by the write before the tag.
             verifying = utcnow()
@@ -191,7 +202,7 @@ def _prepare_pull(session: Session, image: Image, job_run: JobRun, job: Job, pla
 def _pull(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
           dropped: list[str]) -> str:
     # Docker Hub is the operator's (its mirror); a target naming another registry is not.
-    if plan.origin["type"] != "docker-hub" or names_registry(plan.reference):
+    if not isinstance(plan.origin, DockerHubOrigin) or names_registry(plan.reference):
         _check_registry(plan.reference.split("/", 1)[0])
     pulled = engine.pull(plan.reference, plan.auth)
     if pulled.created:  # a name the engine held before the pull belongs to someone else
@@ -225,18 +236,30 @@ def _load(job_run: JobRun, engine: Engine, plan: _Plan, staging: str, dropped: l
 
 
 _PULL = Importer(ImageState.DOWNLOADING, _prepare_pull, _pull)
-IMPORTERS: dict[str, Importer] = {
-    **dict.fromkeys(PULL_TYPES, _PULL),
-    "docker-file": Importer(ImageState.BUILDING, _prepare_build, _produce_build),
-    "cycle-upload": Importer(ImageState.UPLOADING, _prepare_load, _load),
+# By the model an origin reads into (app/sources/origins.py); a kind left out is not imported.
+IMPORTERS: dict[type[OriginKind], Importer] = {
+    DockerHubOrigin: _PULL,
+    DockerRegistryOrigin: _PULL,
+    OciRegistryOrigin: _PULL,
+    DockerFileOrigin: Importer(ImageState.BUILDING, _prepare_build, _produce_build),
+    CycleUploadOrigin: Importer(ImageState.UPLOADING, _prepare_load, _load),
 }
 
 
-def importer_of(kind: str) -> Importer:
+def importer_of(origin: OriginKind) -> Importer:
     try:
-        return IMPORTERS[kind]
+        return IMPORTERS[type(origin)]
     except KeyError:
-        raise JobFailed(f"Images of `{kind}` sources cannot be imported.") from None
+        raise JobFailed(f"Images of `{origin.type}` sources cannot be imported.") from None
+
+
+def read_origin(document: dict[str, Any], secrets: dict[str, str]) -> OriginKind:
+    """The image's stored origin, its secrets back in place, as its model; one that cannot be
+    read ends the import, saying why."""
+    try:
+        return stored_origin(merge_secrets(document, secrets))
+    except UnreadableOrigin as exc:
+        raise JobFailed(str(exc)) from None
 
 
 def _drop_name(engine: Engine, name: str, image_id: str) -> None:
@@ -297,13 +320,14 @@ def _open_build_log(session, image: Image, attempt: int) -> int:
 
 def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
     """Fetch and pack the context, then build it under `tag`, its log written as it goes."""
-    details = plan.origin["details"]
+    assert isinstance(plan.origin, DockerFileOrigin)  # the importer table pairs them
+    details = plan.origin.details
     with BuildLogWriter(job_run.claim, plan.image_id, already=plan.log_size) as build_log, \
             tempfile.TemporaryDirectory(prefix="imagejobs-build-") as scratch_dir:
         scratch = Path(scratch_dir)
         try:
-            context_dir = clean_path(details.get("context_dir"))
-            build_file = clean_path(details.get("build_file"), "Dockerfile")
+            context_dir = clean_path(details.context_dir)
+            build_file = clean_path(details.build_file, "Dockerfile")
             with open(scratch / "context.tar", "w+b") as packed:
                 _fetch_context(details, plan.override, Packer(packed, context_dir, build_file),
                                scratch, build_log)
@@ -312,11 +336,11 @@ def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
                 with job_run.write() as (_, job):
                     job_run.step(job, "Build", f"Building {build_file} on node "
                                  f"{get_settings().node_id}")
-                for credential in details.get("credentials") or []:
-                    server = registry_host(credential.get("url") or "")
+                for credential in details.credentials or []:
+                    server = registry_host(credential.url or "")
                     _check_registry(server)
-                    engine.login(RegistryAuth(credential.get("username") or "",
-                                              credential.get("token") or "", server))
+                    engine.login(RegistryAuth(credential.username or "", credential.token or "",
+                                              server))
                 # The image's own previous build is the one cache it may use.
                 return engine.build(packed, dockerfile=build_file,
                                     buildargs=dict(plan.build.get("args") or {}), tag=tag,
@@ -355,24 +379,16 @@ def _dockerfile_text(packed: IO[bytes], build_file: str) -> bytes:
     return text
 
 
-def _fetch_context(details: dict[str, Any], override: dict[str, Any], packer: Packer,
+def _fetch_context(details: DockerFileDetails, override: dict[str, Any], packer: Packer,
                    scratch: Path, build_log: BuildLogWriter) -> None:
-    url = override.get("targz_url") or details.get("targz_url")
+    url = override.get("targz_url") or details.targz_url
     if url:
         build_log.append(f"Fetching the build context from {redact(url)}\n")
         with open(scratch / "download.tar.gz", "w+b") as archive:
             download(url, archive)
             pack_archive(archive, packer)
-    elif details.get("repo"):
-        repo = details["repo"]
-        auth = (repo.get("auth") or {})
-        credentials = auth.get("credentials") or {}
-        ref = repo.get("ref") or {}
-        spec = RepoSpec(url=repo["url"], branch=repo.get("branch"), ref_type=ref.get("type"),
-                        ref_value=ref.get("value"), username=credentials.get("username"),
-                        password=credentials.get("password"),
-                        private_key=credentials.get("private_key"),
-                        passphrase=credentials.get("passphrase"))
+    elif details.repo:
+        spec = repo_spec(details.repo)
         at = f" at {spec.ref_type} {spec.ref_value}" if spec.ref_type else (
             f" at branch {spec.branch}" if spec.branch else "")
         build_log.append(f"Cloning {redact(spec.url)}{at}\n")
@@ -384,39 +400,55 @@ def _fetch_context(details: dict[str, Any], override: dict[str, Any], packer: Pa
                      f"{packer.expanded} bytes\n")
 
 
-def pull_spec(origin: dict[str, Any], override: dict[str, Any]) -> tuple[str, RegistryAuth | None]:
+def repo_spec(repo: Repo) -> RepoSpec:
+    """What to clone, and with which credentials, from a repo with its secrets in place."""
+    credentials: dict[str, str] = {}
+    if isinstance(repo.auth, HttpCredentials):
+        http = repo.auth.credentials
+        credentials = {"username": http.username, "password": http.password}
+    elif isinstance(repo.auth, SshCredentials):
+        ssh = repo.auth.credentials
+        credentials = {"username": ssh.username, "private_key": ssh.private_key,
+                       "passphrase": ssh.passphrase}
+    return RepoSpec(url=repo.url, branch=repo.branch, ref_type=repo.ref.type if repo.ref else None,
+                    ref_value=repo.ref.value if repo.ref else None, **credentials)
+
+
+def pull_spec(origin: OriginKind, override: dict[str, Any]) -> tuple[str, RegistryAuth | None]:
     """What to pull and with which credentials, from an origin with its secrets in place."""
-    details = origin.get("details") or {}
-    target = override.get("target") or details["target"]
-    kind = origin["type"]
-    if kind == "docker-hub":
+    if isinstance(origin, DockerHubOrigin):
+        hub = origin.details
+        target = override.get("target") or hub.target
         auth = None
-        if details.get("username") or details.get("token"):
+        if hub.username or hub.token:
             if registry_of(target) not in DOCKER_HUB_NAMES:
                 # The engine would send them wherever the target leads.
                 raise JobFailed(f"The image cannot be imported: {docker_hub_only(target)}.")
-            auth = RegistryAuth(details.get("username", ""), details.get("token", ""),
-                                DOCKER_HUB_SERVER)
+            auth = RegistryAuth(hub.username or "", hub.token or "", DOCKER_HUB_SERVER)
         return target, auth
-    host = registry_host(details["url"])
+    assert isinstance(origin, DockerRegistryOrigin | OciRegistryOrigin)  # the table pairs them
+    details = origin.details
+    target = override.get("target") or details.target
+    host = registry_host(details.url)
     target = target.removeprefix(f"{host}/")
     reference = f"{host}/{target}"
     if registry_of(reference) != host.lower():
         # A source made before the API refused such hosts: the pull would go to Docker Hub.
         raise JobFailed(f"The registry `{host}` is read by the Docker engine as a Docker Hub "
                         "account; the source's `url` must give its full domain name or its port.")
-    if kind == "docker-registry":
-        secret = details.get("password") or details.get("token")
-        if details.get("username") or secret:
-            return reference, RegistryAuth(details.get("username", ""), secret or "", host)
+    if isinstance(origin, DockerRegistryOrigin):
+        registry = origin.details
+        secret = registry.password or registry.token
+        if registry.username or secret:
+            return reference, RegistryAuth(registry.username or "", secret or "", host)
         return reference, None
-    registry_auth = details.get("auth")
-    if not registry_auth:
+    registry_auth = origin.details.auth
+    if registry_auth is None:
         return reference, None
-    if registry_auth["type"] == "user":
-        values = registry_auth.get("details") or {}
-        return reference, RegistryAuth(values.get("username", ""), values.get("token", ""), host)
-    raise JobFailed(f"Registry authentication of type `{registry_auth['type']}` is not "
+    if isinstance(registry_auth, RegistryAuthUser):
+        user = registry_auth.details
+        return reference, RegistryAuth(user.username or "", user.token or "", host)
+    raise JobFailed(f"Registry authentication of type `{registry_auth.type}` is not "
                     "supported by this service; use `user` credentials (a username and token).")
 
 
