@@ -57,20 +57,22 @@ def create_job(session: Session, *, hub_id: str, creator: dict[str, str], action
             "input": task.input, "output": None, "error": None,
         }],
     )
-    # One statement decides it: the insert, or nothing when an equal job is unfinished.
-    insert_unless_duplicate = (
-        pg_insert(Job).values(**values)
-        .on_conflict_do_nothing(index_elements=["hash"],
-                                index_where=text(UNFINISHED_DUPLICATES))
-        .returning(Job))
     for _ in range(3):
-        job = session.scalars(insert_unless_duplicate).first()
+        job = session.scalars(_INSERT_UNLESS_DUPLICATE, values).first()
         if job is None:
             job = _active_with_hash(session, digest)
         if job is not None:
             return job
         # The equal job finished between the insert and the look: insert again.
     raise RuntimeError(f"job {digest} could neither be inserted nor found")
+
+
+# One statement decides it: the insert, or nothing when an equal job is unfinished. Its values
+# are parameters, so it is compiled once.
+_INSERT_UNLESS_DUPLICATE = (
+    pg_insert(Job)
+    .on_conflict_do_nothing(index_elements=["hash"], index_where=text(UNFINISHED_DUPLICATES))
+    .returning(Job))
 
 
 def _active_with_hash(session: Session, digest: str) -> Job | None:
