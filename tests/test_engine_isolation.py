@@ -29,7 +29,7 @@ from tests.api_calls import Api, assert_error, create_image, create_source, get_
 from tests.image_builds import dockerfile_context
 from tests.servers import FileServer
 from tests.services import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, BASE_IMAGE
-from workers.engine import BuildFailed, Engine
+from workers.engine import BuildFailed, Engine, EngineError, RegistryAuth
 
 PRIVATE_BASE = f"{AUTH_REGISTRY}/private/busybox:latest"  # pushed by deploy/local-services.sh
 
@@ -129,6 +129,18 @@ def test_a_private_base_image_one_hub_pulled_is_not_usable_by_a_hub_without_cred
     assert "no basic auth credentials" in log, log
     assert f"{marker}\n" not in log.replace(f"RUN echo {marker}", "")
     docker_client.images.remove(image["backend"]["file_name"])
+
+
+def test_a_login_stays_with_its_job_and_never_reaches_the_worker_s_shared_client():
+    """A worker process keeps one engine client for its jobs; credentials a job logs in with
+    live on a client of that job's alone, so the next job cannot pull with them."""
+    with Engine() as first:
+        first.login(RegistryAuth(AUTH_USER, AUTH_PASSWORD, AUTH_REGISTRY))
+        first.pull(PRIVATE_BASE, None)  # this job may: it logged in
+    with Engine() as second, pytest.raises(EngineError) as refused:
+        second.pull(PRIVATE_BASE, None)
+    assert "credentials" in refused.value.message or "auth" in refused.value.message, \
+        refused.value.message
 
 
 def test_a_build_reuses_only_its_own_image_s_cached_layers(api, hub_b, files, worker,
