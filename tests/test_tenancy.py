@@ -143,6 +143,7 @@ MATRIX: dict[tuple[str, str], Endpoint] = {
         "key", "images-sources-view", 200, lambda h: Call("get", f"{SOURCES}/{h.source['id']}"), (
             get(SOURCES + "/{v}", "source_id"),
             get(SOURCES + "/{v}?include=creators&meta=images_count", "source_id"),
+            get(SOURCES + "/{v}?include=integrations&page[size]=1", "source_id"),
         )),
     ("PATCH", SOURCES + "/{id}"): Endpoint(
         "key", "images-sources-manage", 200,
@@ -174,6 +175,7 @@ MATRIX: dict[tuple[str, str], Endpoint] = {
         "key", "images-view", 200, lambda h: Call("get", f"{IMAGES}/{h.built_image['id']}"), (
             get(IMAGES + "/{v}", "image_id"),
             get(IMAGES + "/{v}?include=creators,sources", "built_image_id"),
+            get(IMAGES + "/{v}?include=stacks,stack_builds,integrations&sort=-id", "image_id"),
             get(IMAGES + "/{v}?meta=containers_count", "image_id"),
         )),
     ("PATCH", IMAGES + "/{id}"): Endpoint(
@@ -225,6 +227,10 @@ MATRIX: dict[tuple[str, str], Endpoint] = {
             get(JOBS + "?filter[search]={v}", "image_name"),
             get(JOBS + "?filter[state]=completed,error&filter[search]={v}&include=creators",
                 "build_job_id"),
+        )),
+    ("GET", JOBS + "/latest"): Endpoint(
+        "key", "apionly-jobs-view", 200, lambda h: Call("get", JOBS + "/latest"), (
+            get(JOBS + "/latest?include=creators", "job_id"),
         )),
     ("GET", JOBS + "/{id}"): Endpoint(
         "key", "apionly-jobs-view", 200, lambda h: Call("get", f"{JOBS}/{h.jobs[0]}"), (

@@ -8,7 +8,13 @@ from app import errors
 from app.hubs.auth import authenticate, current, requires
 from app.hubs.models import Capability
 from app.images import services
-from app.images.documents import BuildLogDocument, ImageDocument, ImageListDocument, image_list
+from app.images.documents import (
+    NONE_HERE,
+    BuildLogDocument,
+    ImageDocument,
+    ImageListDocument,
+    image_list,
+)
 from app.images.models import Image, ImageState
 from app.images.schemas import ImageCreate, ImagesTask, ImageTask, ImageUpdate
 from app.jobs.documents import JobDescriptorDocument
@@ -19,7 +25,7 @@ from app.web import ListParameters, db_session, fetch_page, parse_body, receive_
 
 blueprint = Blueprint("images", __name__, url_prefix="/v1/images")
 
-ONE_IMAGE = ListParameters(includes={"creators", "sources"})
+ONE_IMAGE = ListParameters(includes={"creators", "sources", *NONE_HERE})
 IMAGES = ListParameters(
     states=ImageState,
     filters={"source_id": "Images of this source.",

@@ -25,6 +25,11 @@ JOBS = ListParameters(
     sorts=services.JOB_SORTS, includes={"creators"})
 
 
+# The newest jobs of a hub, at most this many: what a dashboard shows first.
+LATEST_JOBS = 20
+LATEST = ListParameters(includes=JOBS.includes)
+
+
 def accepted(session: Session, job: Job) -> documents.JobDescriptorDocument:
     """The answer of a job-creating call: commit, then publish (Postgres hears first), describe."""
     session.commit()
@@ -40,6 +45,17 @@ def list_jobs():
     q = JOBS.parse()
     query = services.jobs_query(current().hub_id, q.filters, q.states())
     jobs = fetch_page(query, q, Job.id.desc())
+    return documents.job_list(db_session(), current().hub_id, jobs, q.include)
+
+
+@blueprint.get("/latest")
+@documented(f"The hub's {LATEST_JOBS} most recent jobs, newest first", documents.JobListDocument,
+            query=LATEST, extension=True)
+@requires(Capability.JOBS_VIEW)
+def latest_jobs():
+    q = LATEST.parse()
+    jobs = db_session().scalars(services.jobs_query(current().hub_id, {}, []).order_by(
+        Job.id.desc()).limit(LATEST_JOBS)).all()
     return documents.job_list(db_session(), current().hub_id, jobs, q.include)
 
 

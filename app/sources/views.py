@@ -18,7 +18,7 @@ from app.web import ListParameters, db_session, fetch_page, parse_body
 
 blueprint = Blueprint("sources", __name__, url_prefix="/v1/images/sources")
 
-ONE_SOURCE = ListParameters(includes={"creators"}, metas={"images_count"})
+ONE_SOURCE = ListParameters(includes={"creators", "integrations"}, metas={"images_count"})
 SOURCES = ListParameters(
     states=SourceState, filters={"identifier": "Sources with this identifier.",
                                  "search": "A substring of the name, or an id."},
