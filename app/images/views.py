@@ -7,6 +7,7 @@ from flask import Blueprint, request
 from app import errors
 from app.hubs.auth import authenticate, current, requires
 from app.hubs.models import Capability
+from app.idempotency.requests import idempotent
 from app.images import services
 from app.images.documents import (
     NONE_HERE,
@@ -53,6 +54,7 @@ def list_images():
 
 
 @blueprint.post("")
+@idempotent
 @documented("Create an image from a source (state `new`)", ImageDocument, status=201,
             body=ImageCreate, errors=(errors.SourceNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_MANAGE)
@@ -88,6 +90,7 @@ def update_image(image_id: str):
 
 
 @blueprint.delete("/<image_id:image_id>")
+@idempotent
 @documented("Delete an image from the node holding it (a job)", JobDescriptorDocument,
             status=202, errors=(errors.ImageNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_MANAGE)
@@ -98,6 +101,7 @@ def delete_image(image_id: str):
 
 
 @blueprint.post("/<image_id:image_id>/tasks")
+@idempotent
 @documented("Import an image: pull, build or load it (a job)", JobDescriptorDocument, status=202,
             body=ImageTask,
             errors=(errors.ImageNotFound, errors.InvalidState, errors.InvalidArgument))
@@ -110,6 +114,7 @@ def create_image_task(image_id: str):
 
 
 @blueprint.post("/tasks")
+@idempotent
 @documented("Prune the images of some sources (a job)", JobDescriptorDocument, status=202,
             body=ImagesTask, errors=(errors.SourceNotFound,))
 @requires(Capability.IMAGES_MANAGE)

@@ -1,0 +1,98 @@
+"""`@idempotent`: the Idempotency-Key header on the calls that create something.
+
+The same key with the same request (same hub, method, path and body) within 24 hours answers
+the first answer again (its status and body, with `Idempotent-Replayed: true`) and creates
+nothing; with another request it is refused (`422.already-exists`). Requests sent together with
+one key wait for the first: they get its answer once it is given, or `409.duplicate-found` if it
+is not given within a few seconds (send it again later to get it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import g, request
+
+from app import errors
+from app.hubs.auth import authenticate
+from app.idempotency import services
+from app.openapi import EXTENSION
+from app.web import db_session
+
+HEADER = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"
+# How long a request waits for the first request with its key to answer.
+WAIT_SECONDS = 5.0
+_POLL_SECONDS = 0.05
+_KEY = re.compile(rf"[\x21-\x7e][\x20-\x7e]{{0,{services.MAX_KEY_LENGTH - 1}}}")
+
+_PARAMETER = {"name": HEADER, "in": "header", "required": False,
+              "schema": {"type": "string", "minLength": 1, "maxLength": services.MAX_KEY_LENGTH},
+              "description": "Sent again with the same request within 24 hours, the first "
+                             "answer is given again and nothing more is created.", **EXTENSION}
+
+
+def idempotent(view: Callable) -> Callable:
+    """Honour Idempotency-Key on a documented view that requires a capability."""
+    capability = view.capability  # type: ignore[attr-defined]
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = request.headers.get(HEADER)
+        if key is None:
+            return view(*args, **kwargs)
+        if not _KEY.fullmatch(key):
+            raise errors.InvalidArgument(
+                f"`{HEADER}` must be 1 to {services.MAX_KEY_LENGTH} printable ASCII characters.",
+                source=HEADER)
+        g.principal = principal = authenticate(capability)
+        digest = services.request_hash(request.method, request.full_path, request.get_data())
+        session = db_session()
+        first = _claim_or_first_answer(session, principal.hub_id, key, digest)
+        if first is not None:
+            return first
+        try:
+            body, status = view(*args, **kwargs)
+        except BaseException:
+            session.rollback()  # a claim not committed goes with the work
+            services.release(session, principal.hub_id, key, digest)
+            session.commit()
+            raise
+        services.keep_answer(session, principal.hub_id, key, status, body)
+        session.commit()
+        return body, status
+
+    operation = view.operation  # type: ignore[attr-defined]
+    wrapper.operation = dataclasses.replace(  # type: ignore[attr-defined]
+        operation, parameters=(*operation.parameters, _PARAMETER),
+        errors=(*operation.errors, errors.IdempotencyKeyReused, errors.IdempotencyKeyInUse,
+                errors.InvalidArgument))
+    return wrapper
+
+
+def _claim_or_first_answer(session, hub_id: str, key: str, digest: str
+                           ) -> tuple[dict[str, Any], int, dict[str, str]] | None:
+    """None once this request holds the key; else the first request's answer."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not services.claim(session, hub_id, key, digest):
+        first = services.first_request(session, hub_id, key)
+        session.rollback()  # no transaction (nor connection) is held while waiting
+        if first is not None:
+            if first.request_hash != digest:
+                raise errors.IdempotencyKeyReused(
+                    f"This `{HEADER}` was sent within the last 24 hours with a different "
+                    "request (method, path or body); use a new key for a new request.",
+                    source=HEADER)
+            if first.status is not None:
+                return first.body or {}, first.status, {REPLAYED: "true"}
+        if time.monotonic() > deadline:
+            raise errors.IdempotencyKeyInUse(
+                f"The first request with this `{HEADER}` is still being served; send it again "
+                "shortly to get its answer.", source=HEADER)
+        time.sleep(_POLL_SECONDS)
+    return None
