@@ -69,6 +69,12 @@ DELIBERATE_DIFFERENCES: tuple[Difference, ...] = (
         reason="The hub's newest jobs (at most 20, newest first), for clients of Cycle's 'list "
                "latest jobs'; marked x-imagejobs-extension in the OpenAPI document."),
     Difference(
+        "extra-route", "POST /v1/jobs/{}/tasks", spec="not in the extract (it has no job "
+        "tasks)", api="served",
+        reason="Retry a job that ended in error or expired, or cancel a queued one (README, The "
+               "API); needs apionly-jobs-view and the capability of the job's own action. "
+               "Marked x-imagejobs-extension."),
+    Difference(
         "extra-route", "GET /v1/health", spec="not in the extract", api="served",
         reason="An operational health check for load balancers and `make run`, outside Cycle's "
                "API."),
