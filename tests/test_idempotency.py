@@ -160,3 +160,4 @@ def test_the_header_is_documented_as_an_extension(client):
         assert "422" in paths[path][method]["responses"], (path, method)
     assert not [p for p in paths["/v1/images"]["get"]["parameters"]
                 if p["name"] == "Idempotency-Key"]
+

@@ -484,3 +484,22 @@ def test_two_uploads_with_one_token_at_once_queue_one_import(api, saved_image, u
     assert answers[1][1]["error"]["code"] == "403.expired"
     assert "used already" in answers[1][1]["error"]["detail"]
     assert files_of(image["id"]) == [f"{image['id']}.tar"]
+
+
+def test_an_upload_sent_again_with_its_idempotency_key_gets_the_first_answer(api, saved_image):
+    image, token = new_upload_image(api)
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    path = f"/v1/images/{image['id']}/upload?token={token}"
+
+    def send(headers, url=path):
+        return api.post(url, data=saved_image["tar"], content_type="application/x-tar",
+                        headers=headers)
+
+    first = send(key)
+    assert first.status_code == 202, first.get_json()
+    again = send(key)
+    assert (again.status_code, again.get_json()) == (202, first.get_json())
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert_error(send({}), 403, "403.expired")  # without the key: the token was spent
+    other = send(key, f"{path}&hub-id={api.tenant.hub_id}")
+    assert_error(other, 422, "422.already-exists", "Idempotency-Key")

@@ -43,13 +43,9 @@ def idempotent(view: Callable) -> Callable:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        key = request.headers.get(HEADER)
+        key = _key()
         if key is None:
             return view(*args, **kwargs)
-        if not _KEY.fullmatch(key):
-            raise errors.InvalidArgument(
-                f"`{HEADER}` must be 1 to {services.MAX_KEY_LENGTH} printable ASCII characters.",
-                source=HEADER)
         g.principal = principal = authenticate(capability)
         digest = services.request_hash(request.method, request.full_path, request.get_data())
         session = db_session()
@@ -67,12 +63,69 @@ def idempotent(view: Callable) -> Callable:
         session.commit()
         return body, status
 
+    return _documented(wrapper, view)
+
+
+def idempotent_upload(view: Callable) -> Callable:
+    """Honour Idempotency-Key on the upload, which its single-use token authenticates.
+
+    The tar streams in and is not part of what makes two requests the same: the path holds the
+    token, and only one upload can spend it, so nothing is created twice whatever is sent. The
+    key is kept with the answer once given: sent again after that, the upload gets that answer
+    (sent together, the others are refused as without a key, the token being spent).
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = _key()
+        hub_id = request.headers.get("X-Hub-Id") or request.args.get("hub-id")
+        if key is None or not hub_id:
+            return view(*args, **kwargs)
+        digest = services.request_hash(request.method, request.full_path, b"")
+        session = db_session()
+        first = services.first_request(session, hub_id, key)
+        session.rollback()
+        if first is not None:
+            answer = _first_answer(first, digest)
+            if answer is not None:
+                return answer
+        body, status = view(*args, **kwargs)  # the token check proves the hub
+        services.keep_first_answer(session, hub_id, key, digest, status, body)
+        session.commit()
+        return body, status
+
+    return _documented(wrapper, view)
+
+
+def _key() -> str | None:
+    key = request.headers.get(HEADER)
+    if key is not None and not _KEY.fullmatch(key):
+        raise errors.InvalidArgument(
+            f"`{HEADER}` must be 1 to {services.MAX_KEY_LENGTH} printable ASCII characters.",
+            source=HEADER)
+    return key
+
+
+def _documented(wrapper: Callable, view: Callable) -> Callable:
     operation = view.operation  # type: ignore[attr-defined]
     wrapper.operation = dataclasses.replace(  # type: ignore[attr-defined]
         operation, parameters=(*operation.parameters, _PARAMETER),
         errors=(*operation.errors, errors.IdempotencyKeyReused, errors.IdempotencyKeyInUse,
                 errors.InvalidArgument))
     return wrapper
+
+
+def _first_answer(first: services.FirstRequest, digest: str
+                  ) -> tuple[dict[str, Any], int, dict[str, str]] | None:
+    """The first request's answer to give again, None while it has none, or the refusal of a
+    different request."""
+    if first.request_hash != digest:
+        raise errors.IdempotencyKeyReused(
+            f"This `{HEADER}` was sent within the last 24 hours with a different request "
+            "(method, path or body); use a new key for a new request.", source=HEADER)
+    if first.status is None:
+        return None
+    return first.body or {}, first.status, {REPLAYED: "true"}
 
 
 def _claim_or_first_answer(session, hub_id: str, key: str, digest: str
@@ -83,13 +136,9 @@ def _claim_or_first_answer(session, hub_id: str, key: str, digest: str
         first = services.first_request(session, hub_id, key)
         session.rollback()  # no transaction (nor connection) is held while waiting
         if first is not None:
-            if first.request_hash != digest:
-                raise errors.IdempotencyKeyReused(
-                    f"This `{HEADER}` was sent within the last 24 hours with a different "
-                    "request (method, path or body); use a new key for a new request.",
-                    source=HEADER)
-            if first.status is not None:
-                return first.body or {}, first.status, {REPLAYED: "true"}
+            answer = _first_answer(first, digest)
+            if answer is not None:
+                return answer
         if time.monotonic() > deadline:
             raise errors.IdempotencyKeyInUse(
                 f"The first request with this `{HEADER}` is still being served; send it again "

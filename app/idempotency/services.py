@@ -44,16 +44,21 @@ def request_hash(method: str, path: str, body: bytes) -> str:
 def claim(session: Session, hub_id: str, key: str, digest: str) -> bool:
     """True if this request now holds the key (its transaction commits the claim with the work);
     False if another request holds it. Waits while another transaction is claiming it."""
+    return _insert_unless_held(session, hub_id, key, digest, None, None)
+
+
+def _insert_unless_held(session: Session, hub_id: str, key: str, digest: str,
+                        status: int | None, body: dict[str, Any] | None) -> bool:
+    """Insert the key's row, or take over its expired one; False if it is held."""
     now = utcnow()
-    inserted = pg_insert(IdempotencyKey).values(hub_id=hub_id, key=key, request_hash=digest,
-                                                 status=None, body=None, created=now)
-    claimed = session.execute(inserted.on_conflict_do_update(
-        index_elements=["hub_id", "key"],
-        set_={"request_hash": digest, "status": None, "body": None, "created": now},
+    values = {"request_hash": digest, "status": status, "body": body, "created": now}
+    inserted = pg_insert(IdempotencyKey).values(hub_id=hub_id, key=key, **values)
+    held = session.execute(inserted.on_conflict_do_update(
+        index_elements=["hub_id", "key"], set_=values,
         # An expired key is free: the request takes it over.
         where=IdempotencyKey.created < now - TTL,
     ).returning(IdempotencyKey.key)).first()
-    return claimed is not None
+    return held is not None
 
 
 def first_request(session: Session, hub_id: str, key: str) -> FirstRequest | None:
@@ -70,6 +75,13 @@ def keep_answer(session: Session, hub_id: str, key: str, status: int, body: dict
         IdempotencyKey.hub_id == hub_id, IdempotencyKey.key == key
     ).values(status=status, body=body))
     session.execute(delete(IdempotencyKey).where(IdempotencyKey.created < utcnow() - TTL))
+
+
+def keep_first_answer(session: Session, hub_id: str, key: str, digest: str, status: int,
+                      body: dict[str, Any]) -> None:
+    """Keep an answer given without claiming the key first, unless another was kept meanwhile
+    (the caller commits)."""
+    _insert_unless_held(session, hub_id, key, digest, status, body)
 
 
 def release(session: Session, hub_id: str, key: str, digest: str) -> None:

@@ -7,7 +7,7 @@ from flask import Blueprint, request
 from app import errors
 from app.hubs.auth import authenticate, current, requires
 from app.hubs.models import Capability
-from app.idempotency.requests import idempotent
+from app.idempotency.requests import idempotent, idempotent_upload
 from app.images import services
 from app.images.documents import (
     NONE_HERE,
@@ -130,6 +130,7 @@ _TAR = {"type": "string", "format": "binary"}
 
 
 @blueprint.post("/<image_id:image_id>/upload")
+@idempotent_upload
 @documented(
     "Upload a cycle-upload image's tar, authenticated by its single-use token (a job)",
     JobDescriptorDocument, status=202,
