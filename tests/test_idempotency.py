@@ -3,7 +3,9 @@ twice, a key per hub, and a different request refused."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -12,6 +14,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.db import transaction
+from app.idempotency import requests, services
 from app.idempotency.models import IdempotencyKey
 from app.models import Image, ImageSource, Job
 from tests.api_calls import Api, assert_error, create_image, create_source
@@ -161,3 +164,22 @@ def test_the_header_is_documented_as_an_extension(client):
     assert not [p for p in paths["/v1/images"]["get"]["parameters"]
                 if p["name"] == "Idempotency-Key"]
 
+
+
+def test_a_key_whose_first_request_has_not_answered_is_409_after_a_wait(api: Api, monkeypatch):
+    monkeypatch.setattr(requests, "WAIT_SECONDS", 0.3)
+    body = json.dumps(NONE_SOURCE).encode()
+    key = str(uuid.uuid4())
+    # The first request's work is committed and its answer not yet kept.
+    with transaction() as session:
+        session.add(IdempotencyKey(
+            hub_id=api.tenant.hub_id, key=key, status=None, body=None,
+            request_hash=services.request_hash("POST", "/v1/images/sources?", body)))
+    started = time.monotonic()
+
+    response = api.post("/v1/images/sources", data=body, content_type="application/json",
+                        headers=keyed(key))
+
+    error = assert_error(response, 409, "409.duplicate-found", "Idempotency-Key")
+    assert "still being served" in error["detail"] and time.monotonic() - started >= 0.3
+    assert count(ImageSource, api.tenant.hub_id) == 0
