@@ -173,7 +173,7 @@ def test_a_key_whose_first_request_has_not_answered_is_409_after_a_wait(api: Api
     # The first request's work is committed and its answer not yet kept.
     with transaction() as session:
         session.add(IdempotencyKey(
-            hub_id=api.tenant.hub_id, key=key, status=None, body=None,
+            hub_id=api.tenant.hub_id, key=key, status=None,
             request_hash=services.request_hash("POST", "/v1/images/sources?", body)))
     started = time.monotonic()
 
@@ -183,3 +183,18 @@ def test_a_key_whose_first_request_has_not_answered_is_409_after_a_wait(api: Api
     error = assert_error(response, 409, "409.duplicate-found", "Idempotency-Key")
     assert "still being served" in error["detail"] and time.monotonic() - started >= 0.3
     assert count(ImageSource, api.tenant.hub_id) == 0
+
+
+def test_a_kept_answer_holds_its_secrets_sealed(api: Api):
+    source = create_source(api, {"type": "cycle-upload"})
+    key = str(uuid.uuid4())
+    first = api.post("/v1/images", json={"source_id": source["id"]}, headers=keyed(key))
+    token = first.get_json()["data"]["source"]["details"]["origin"]["details"]["token"]
+    assert len(token) > 16
+    with transaction() as session:
+        row = session.execute(select(IdempotencyKey.__table__).where(
+            IdempotencyKey.key == key)).one()
+    assert token.encode() not in b"".join(str(v).encode() if not isinstance(v, bytes) else v
+                                          for v in row)
+    again = api.post("/v1/images", json={"source_id": source["id"]}, headers=keyed(key))
+    assert again.get_json() == first.get_json()  # the token shown once is shown to the retry

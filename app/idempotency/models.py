@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Index, String
+from sqlalchemy import Index, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -20,7 +19,8 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     # sha256 of the method, the path with its query and the body.
     request_hash: Mapped[str] = mapped_column(String(64))
-    # The first answer; None while the first request is still being served.
+    # The first answer; None while the first request is still being served. The body is sealed
+    # (app/vault.py) as credentials are: an answer may hold a secret shown once (an upload token).
     status: Mapped[int | None]
-    body: Mapped[dict[str, Any] | None]
+    sealed_body: Mapped[bytes | None] = mapped_column(LargeBinary)
     created: Mapped[datetime] = mapped_column(default=utcnow)

@@ -17,6 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from app import vault
 from app.db import utcnow
 from app.idempotency.models import IdempotencyKey
 
@@ -51,7 +52,8 @@ def _insert_unless_held(session: Session, hub_id: str, key: str, digest: str,
                         status: int | None, body: dict[str, Any] | None) -> bool:
     """Insert the key's row, or take over its expired one; False if it is held."""
     now = utcnow()
-    values = {"request_hash": digest, "status": status, "body": body, "created": now}
+    values = {"request_hash": digest, "status": status,
+              "sealed_body": vault.seal(body) if body is not None else None, "created": now}
     inserted = pg_insert(IdempotencyKey).values(hub_id=hub_id, key=key, **values)
     held = session.execute(inserted.on_conflict_do_update(
         index_elements=["hub_id", "key"], set_=values,
@@ -65,7 +67,10 @@ def first_request(session: Session, hub_id: str, key: str) -> FirstRequest | Non
     row = session.scalar(select(IdempotencyKey).where(
         IdempotencyKey.hub_id == hub_id, IdempotencyKey.key == key,
         IdempotencyKey.created >= utcnow() - TTL))
-    return None if row is None else FirstRequest(row.request_hash, row.status, row.body)
+    if row is None:
+        return None
+    return FirstRequest(row.request_hash, row.status,
+                        vault.unseal(row.sealed_body) if row.sealed_body else None)
 
 
 def keep_answer(session: Session, hub_id: str, key: str, status: int, body: dict[str, Any]
@@ -73,7 +78,7 @@ def keep_answer(session: Session, hub_id: str, key: str, status: int, body: dict
     """Keep the answer to give again, and forget the keys that expired (the caller commits)."""
     session.execute(update(IdempotencyKey).where(
         IdempotencyKey.hub_id == hub_id, IdempotencyKey.key == key
-    ).values(status=status, body=body))
+    ).values(status=status, sealed_body=vault.seal(body)))
     session.execute(delete(IdempotencyKey).where(IdempotencyKey.created < utcnow() - TTL))
 
 

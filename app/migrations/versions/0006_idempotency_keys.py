@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 revision = '0006'
 down_revision = '0005'
@@ -24,7 +23,7 @@ def upgrade() -> None:
         sa.Column('key', sa.String(length=255), nullable=False),
         sa.Column('request_hash', sa.String(length=64), nullable=False),
         sa.Column('status', sa.Integer(), nullable=True),
-        sa.Column('body', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column('sealed_body', sa.LargeBinary(), nullable=True),
         sa.Column('created', sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('hub_id', 'key', name=op.f('pk_idempotency_keys')),
     )
