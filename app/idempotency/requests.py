@@ -73,6 +73,11 @@ def idempotent_upload(view: Callable) -> Callable:
     token, and only one upload can spend it, so nothing is created twice whatever is sent. The
     key is kept with the answer once given: sent again after that, the upload gets that answer
     (sent together, the others are refused as without a key, the token being spent).
+
+    The hub here is only what the client says, not yet proven: a stored answer is given only to
+    the very same request (its path holds the secret token), and a key of the hub that was used
+    otherwise is passed over in silence, as if none had been sent, so that no one learns what
+    keys another hub used.
     """
 
     @functools.wraps(view)
@@ -85,10 +90,8 @@ def idempotent_upload(view: Callable) -> Callable:
         session = db_session()
         first = services.first_request(session, hub_id, key)
         session.rollback()
-        if first is not None:
-            answer = _first_answer(first, digest)
-            if answer is not None:
-                return answer
+        if first is not None and first.request_hash == digest and first.status is not None:
+            return first.body or {}, first.status, {REPLAYED: "true"}
         body, status = view(*args, **kwargs)  # the token check proves the hub
         services.keep_first_answer(session, hub_id, key, digest, status, body)
         session.commit()
