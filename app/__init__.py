@@ -12,12 +12,14 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     `settings` become the process's own; without them they are read from the environment."""
     from app import logs, metrics, web
+    from app.images import lifecycle as _images  # noqa: F401  (job kinds, for retry and cancel)
     from app.images.views import blueprint as images
     from app.jobs.views import blueprint as jobs
     from app.openapi import blueprint as openapi
     from app.openapi import documented
     from app.ready import Health, HealthDocument
     from app.ready import blueprint as ready
+    from app.sources import lifecycle as _sources  # noqa: F401  (job kinds)
     from app.sources.views import blueprint as sources
 
     settings = use_settings(settings)

@@ -26,6 +26,17 @@ def optional(description: str | None = None) -> Any:
                  json_schema_extra=_absent_not_null)
 
 
+def extension(description: str) -> Any:
+    """An optional field Cycle's documents lack, marked so in the OpenAPI document."""
+    return Field(default=None, description=description, exclude_if=_is_none,
+                 json_schema_extra=_absent_not_null_extension)
+
+
+def _absent_not_null_extension(schema: dict[str, Any]) -> None:
+    _absent_not_null(schema)
+    schema["x-imagejobs-extension"] = True
+
+
 def _is_none(value: Any) -> bool:
     return value is None
 

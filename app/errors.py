@@ -50,6 +50,10 @@ MethodNotAllowed = _error(405, "405.method-not-allowed", "This method is not all
 PayloadTooLarge = _error(413, "413.too-large", "The request body is too large.")
 InvalidContentType = _error(415, "415.invalid-content-type",
                             "The request body must be application/json.")
+IdempotencyKeyInUse = _error(409, "409.duplicate-found",
+                             "A request with this Idempotency-Key is still being served.")
+IdempotencyKeyReused = _error(422, "422.already-exists",
+                              "The Idempotency-Key was already used for a different request.")
 MissingArgument = _error(422, "422.missing-argument", "A required argument is missing.")
 InvalidArgument = _error(422, "422.invalid-argument", "An argument is not valid.")
 InvalidInput = _error(422, "422.invalid-input", "The input is not valid.")

@@ -45,13 +45,19 @@ class Operation:
     parameters: tuple[dict[str, Any], ...] = ()  # any others, as OpenAPI parameter objects
     request_body: dict[str, Any] | None = None  # a body that is not JSON, as OpenAPI describes it
     errors: tuple[type[errors.ApiError], ...] = ()
+    extension: bool = False  # not in Cycle's API: marked `x-imagejobs-extension`
+
+
+# The mark of what imagejobs adds to Cycle's API: an operation, a parameter or a field.
+EXTENSION = {"x-imagejobs-extension": True}
 
 
 def documented(summary: str, response: type[BaseModel] | None, *, status: int = 200,
                body: type[BaseModel] | None = None, query: ListParameters | None = None,
                parameters: tuple[dict[str, Any], ...] = (),
                request_body: dict[str, Any] | None = None,
-               errors: tuple[type[errors.ApiError], ...] = ()) -> Callable:
+               errors: tuple[type[errors.ApiError], ...] = (), extension: bool = False
+               ) -> Callable:
     """Declare, beside a view, what the document says of it; every view under /v1 needs one.
 
     The view returns a `response` document, answered with `status`. The errors of its query, its
@@ -59,7 +65,7 @@ def documented(summary: str, response: type[BaseModel] | None, *, status: int = 
     view's own doing.
     """
     operation = Operation(summary, status, response, body, query, parameters, request_body,
-                          errors)
+                          errors, extension)
 
     def decorate(view: Callable) -> Callable:
         if response is None:  # this document itself, answered as built
@@ -213,6 +219,8 @@ def build(app: Flask) -> dict[str, Any]:
             "security": [{"ApiKey": [], "HubId": []}] if capability is not None else [],
             "responses": _responses(operation, capability),
         }
+        if operation.extension:
+            entry.update(EXTENSION)
         if capability is not None:
             entry["description"] = f"Needs the `{capability.value}` capability."
             entry["x-capability"] = capability.value

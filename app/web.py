@@ -156,6 +156,9 @@ class ListParameters:
                     raise errors.MaxExceeded(f"`{name}` is longer than {MAX_FILTER_LENGTH} "
                                              "characters.", source=name)
                 query.filters[match[2]] = value
+            elif (match and match[1] == "page" or name == "sort") and self.states is None:
+                # One resource: Cycle's clients send their list defaults along; nothing to order.
+                continue
             elif match and match[1] == "page":
                 _set_page(query, match[2], value)
             elif name == "sort":

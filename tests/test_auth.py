@@ -212,7 +212,7 @@ def test_key_create_refuses_unknown_names_clearly(tenant, args, message):
     ("get", "/v1/nothing"),
     ("get", "/v1/images/sources/abc/def"),
     ("post", "/v2/images"),
-    ("get", "/v1/jobs/abc/tasks"),
+    ("get", "/v1/jobs/abc/steps"),
 ])
 @pytest.mark.parametrize("authenticated", [True, False], ids=["with-key", "without-key"])
 def test_unknown_url_is_404_in_the_envelope(client, tenant, method, path, authenticated):
@@ -227,6 +227,7 @@ def test_unknown_url_is_404_in_the_envelope(client, tenant, method, path, authen
     ("post", "/v1/images/sources/0123456789abcdef01234567"),
     ("delete", "/v1/jobs"),
     ("post", "/v1/jobs/0123456789abcdef01234567"),
+    ("get", "/v1/jobs/0123456789abcdef01234567/tasks"),
     ("options", "/v1/images"),
 ])
 def test_wrong_method_is_405_in_the_envelope(client, tenant, method, path):

@@ -23,7 +23,7 @@ from app.db import new_id, transaction, utcnow
 from app.images.services import accept_upload
 from app.jobs import services as jobs_services
 from app.models import Image, Job
-from tests.api_calls import assert_error, create_image, create_source, get_image
+from tests.api_calls import Api, assert_error, create_image, create_source, get_image
 from tests.image_builds import dockerfile_context
 from tests.services import ROOT
 from workers.uploads import sweep_uploads
@@ -484,3 +484,45 @@ def test_two_uploads_with_one_token_at_once_queue_one_import(api, saved_image, u
     assert answers[1][1]["error"]["code"] == "403.expired"
     assert "used already" in answers[1][1]["error"]["detail"]
     assert files_of(image["id"]) == [f"{image['id']}.tar"]
+
+
+def test_an_upload_sent_again_with_its_idempotency_key_gets_the_first_answer(api, saved_image):
+    image, token = new_upload_image(api)
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    path = f"/v1/images/{image['id']}/upload?token={token}"
+
+    def send(headers, url=path):
+        return api.post(url, data=saved_image["tar"], content_type="application/x-tar",
+                        headers=headers)
+
+    first = send(key)
+    assert first.status_code == 202, first.get_json()
+    again = send(key)
+    assert (again.status_code, again.get_json()) == (202, first.get_json())
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert_error(send({}), 403, "403.expired")  # without the key: the token was spent
+    # Another request with the key is answered as without it: the token was spent.
+    other = send(key, f"{path}&hub-id={api.tenant.hub_id}")
+    assert_error(other, 403, "403.expired")
+
+
+def test_an_upload_naming_another_hub_learns_nothing_of_that_hub_s_keys(
+        api, client, other_tenant, saved_image):
+    """The upload's hub is only claimed (its token proves it): a hostile upload that names
+    another hub and one of its keys gets neither that hub's answer nor word that the key
+    exists, only what it would get without a key."""
+    image, token = new_upload_image(api)
+    key = str(uuid.uuid4())
+    first = api.post(f"/v1/images/{image['id']}/upload?token={token}", data=saved_image["tar"],
+                     content_type="application/x-tar", headers={"Idempotency-Key": key})
+    assert first.status_code == 202, first.get_json()
+
+    hostile = Api(client, other_tenant)
+    own, own_token = new_upload_image(hostile)
+    for path in (f"/v1/images/{own['id']}/upload?token={own_token}",  # its own image
+                 f"/v1/images/{image['id']}/upload?token=not-the-token"):  # the victim's
+        answer = client.post(path, data=saved_image["tar"], content_type="application/x-tar",
+                             headers={"Idempotency-Key": key, "X-Hub-Id": api.tenant.hub_id})
+        assert "Idempotent-Replayed" not in answer.headers
+        assert answer.get_json() != first.get_json()
+        assert (answer.get_json().get("error") or {}).get("code") != "422.already-exists"

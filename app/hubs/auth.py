@@ -35,7 +35,9 @@ def requires(capability: Capability) -> Callable:
     def decorate(view: Callable) -> Callable:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            g.principal = authenticate(capability)
+            # Already authenticated for this capability (app/idempotency/requests.py) or now.
+            if "principal" not in g:
+                g.principal = authenticate(capability)
             return view(*args, **kwargs)
 
         wrapper.capability = capability  # type: ignore[attr-defined]

@@ -133,9 +133,18 @@ class Image(Document):
             events=Events.of(image))
 
 
+# Stacks, their builds and integrations are Cycle's and imagejobs has none: asked for, each is an
+# empty map, which is what Cycle answers for an image no stack uses.
+NONE_HERE = ("stack_builds", "stacks", "integrations")
+
+
 class ImageIncludes(Document):
     creators: CreatorsInclude | None = optional()
     sources: dict[str, ImageSource] | None = optional()
+    stack_builds: dict[str, dict[str, Any]] | None = optional("Always empty: no stacks here.")
+    stacks: dict[str, dict[str, Any]] | None = optional("Always empty: no stacks here.")
+    integrations: dict[str, dict[str, Any]] | None = optional("Always empty: no integrations "
+                                                              "here.")
 
 
 class ImageDocument(Document):
@@ -163,6 +172,8 @@ def image_list(session: Session, hub_id: str, images: Sequence[models.Image], in
         sources = session.scalars(select(SourceRow).where(
             SourceRow.id.in_(wanted), SourceRow.hub_id == hub_id)) if wanted else []
         includes.sources = {s.id: ImageSource.of(s) for s in sources}
+    for name in include & set(NONE_HERE):
+        setattr(includes, name, {})
     return ImageListDocument(data=[Image.of(i) for i in images],
                              includes=includes if include else None)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from app.hubs.models import Capability
+from app.images import services
 from app.images.models import IMPORTING, TRANSITIONAL, Image, ImageState
 from app.jobs import execution, kinds
 from app.jobs.actions import Action
@@ -42,6 +44,22 @@ def _prune_ended(session: Session, job: Job, outcome: dict[str, str]) -> None:
     execution.complete(session, job, {**outcome, "summary": summary(outcome, job.input)})
 
 
-IMPORT = kinds.register(kinds.JobKind(Action.IMAGE_IMPORT, release=_releases(IMPORTING)))
-DELETE = kinds.register(kinds.JobKind(Action.IMAGE_DELETE, release=_release_delete))
-PRUNE = kinds.register(kinds.JobKind(Action.IMAGES_PRUNE, children_ended=_prune_ended))
+def _import_again(session: Session, job: Job, creator: dict[str, str]) -> Job:
+    return services.import_image(session, job.hub_id, creator, job.subject_id)
+
+
+def _delete_again(session: Session, job: Job, creator: dict[str, str]) -> Job:
+    return services.delete_image(session, job.hub_id, creator, job.subject_id)
+
+
+def _prune_again(session: Session, job: Job, creator: dict[str, str]) -> Job:
+    return services.prune_images(session, job.hub_id, creator, job.input["source_ids"],
+                                 job.input.get("dry_run", False))
+
+
+IMPORT = kinds.register(kinds.JobKind(Action.IMAGE_IMPORT, release=_releases(IMPORTING),
+                                      capability=Capability.IMAGES_IMPORT, again=_import_again))
+DELETE = kinds.register(kinds.JobKind(Action.IMAGE_DELETE, release=_release_delete,
+                                      capability=Capability.IMAGES_MANAGE, again=_delete_again))
+PRUNE = kinds.register(kinds.JobKind(Action.IMAGES_PRUNE, children_ended=_prune_ended,
+                                     capability=Capability.IMAGES_MANAGE, again=_prune_again))

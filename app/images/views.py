@@ -7,8 +7,15 @@ from flask import Blueprint, request
 from app import errors
 from app.hubs.auth import authenticate, current, requires
 from app.hubs.models import Capability
+from app.idempotency.requests import idempotent, idempotent_upload
 from app.images import services
-from app.images.documents import BuildLogDocument, ImageDocument, ImageListDocument, image_list
+from app.images.documents import (
+    NONE_HERE,
+    BuildLogDocument,
+    ImageDocument,
+    ImageListDocument,
+    image_list,
+)
 from app.images.models import Image, ImageState
 from app.images.schemas import ImageCreate, ImagesTask, ImageTask, ImageUpdate
 from app.jobs.documents import JobDescriptorDocument
@@ -19,7 +26,7 @@ from app.web import ListParameters, db_session, fetch_page, parse_body, receive_
 
 blueprint = Blueprint("images", __name__, url_prefix="/v1/images")
 
-ONE_IMAGE = ListParameters(includes={"creators", "sources"})
+ONE_IMAGE = ListParameters(includes={"creators", "sources", *NONE_HERE})
 IMAGES = ListParameters(
     states=ImageState,
     filters={"source_id": "Images of this source.",
@@ -47,6 +54,7 @@ def list_images():
 
 
 @blueprint.post("")
+@idempotent
 @documented("Create an image from a source (state `new`)", ImageDocument, status=201,
             body=ImageCreate, errors=(errors.SourceNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_MANAGE)
@@ -82,6 +90,7 @@ def update_image(image_id: str):
 
 
 @blueprint.delete("/<image_id:image_id>")
+@idempotent
 @documented("Delete an image from the node holding it (a job)", JobDescriptorDocument,
             status=202, errors=(errors.ImageNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_MANAGE)
@@ -92,6 +101,7 @@ def delete_image(image_id: str):
 
 
 @blueprint.post("/<image_id:image_id>/tasks")
+@idempotent
 @documented("Import an image: pull, build or load it (a job)", JobDescriptorDocument, status=202,
             body=ImageTask,
             errors=(errors.ImageNotFound, errors.InvalidState, errors.InvalidArgument))
@@ -104,6 +114,7 @@ def create_image_task(image_id: str):
 
 
 @blueprint.post("/tasks")
+@idempotent
 @documented("Prune the images of some sources (a job)", JobDescriptorDocument, status=202,
             body=ImagesTask, errors=(errors.SourceNotFound,))
 @requires(Capability.IMAGES_MANAGE)
@@ -119,6 +130,7 @@ _TAR = {"type": "string", "format": "binary"}
 
 
 @blueprint.post("/<image_id:image_id>/upload")
+@idempotent_upload
 @documented(
     "Upload a cycle-upload image's tar, authenticated by its single-use token (a job)",
     JobDescriptorDocument, status=202,

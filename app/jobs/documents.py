@@ -9,7 +9,7 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from app.db import rfc3339
-from app.documents import Creator, Document, Id, StateError, Time, optional, stored
+from app.documents import Creator, Document, Id, StateError, Time, extension, optional, stored
 from app.hubs.documents import CreatorsInclude, creators_include
 from app.jobs import models
 from app.jobs.models import JobState
@@ -65,6 +65,7 @@ class Job(Document):
     limit_duplicates: bool
     creator: Creator
     state: JobStatus
+    retry_of: Id | None = extension("The ended job whose work this one does again.")
 
     @classmethod
     def of(cls, job: models.Job) -> Job:
@@ -76,7 +77,8 @@ class Job(Document):
             hash=job.hash, limit_duplicates=job.limit_duplicates, creator=Creator.of(job),
             state=JobStatus(current=job.state, changed=rfc3339(job.state_changed),
                             error=StateError(message=job.error_message)
-                            if job.error_message else None))
+                            if job.error_message else None),
+            retry_of=job.retry_of)
 
 
 class JobIncludes(Document):

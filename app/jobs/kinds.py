@@ -1,4 +1,5 @@
-"""What each kind of job holds, and what becomes of it when the job does not succeed.
+"""What each kind of job holds, what becomes of it when the job does not succeed, and how its
+work is asked for again.
 
 Job execution (app/jobs/execution.py) knows jobs only. Each domain registers its job kinds here
 (app/images/lifecycle.py, app/sources/lifecycle.py), and the engine calls them back: to put
@@ -20,6 +21,9 @@ from app.jobs.models import Job
 Release = Callable[[Session, Job, str], None]
 # (session, parent job, outcome by subject id): every child ended; end the parent.
 ChildrenEnded = Callable[[Session, Job, dict[str, str]], None]
+# (session, ended job, creator): queue the same work again through the domain's own checks, as
+# the call that made the job would, so a subject gone or changed meanwhile is refused as there.
+Again = Callable[[Session, Job, dict[str, str]], Job]
 
 
 def _nothing(session: Session, job: Job, message: str) -> None:
@@ -31,6 +35,9 @@ class JobKind:
     action: Action
     release: Release = _nothing
     children_ended: ChildrenEnded | None = None
+    # The capability of the call that makes such jobs, which retrying or cancelling one needs.
+    capability: str | None = None
+    again: Again | None = None
 
 
 _KINDS: dict[str, JobKind] = {}

@@ -62,6 +62,8 @@ class Job(Base):
     subject_id: Mapped[str | None] = mapped_column(String(24), index=True)
     # The job that waits for this one to end (a prune waits for its deletes), if any.
     parent_id: Mapped[str | None] = mapped_column(String(24), index=True)
+    # The ended job whose work this one does again (`{"action": "retry"}`), if any.
+    retry_of: Mapped[str | None] = mapped_column(String(24))
     input: Mapped[dict[str, Any]]
     # The spec's tasks[] with their steps, kept whole: they are read and written with the job.
     tasks: Mapped[list[dict[str, Any]]]

@@ -7,12 +7,14 @@ from sqlalchemy.orm import Session
 
 from app import errors
 from app.db import autocommit_session
-from app.hubs.auth import current, requires
+from app.hubs.auth import authenticate, current, requires
 from app.hubs.models import Capability
-from app.jobs import documents, services
+from app.idempotency.requests import idempotent
+from app.jobs import control, documents, kinds, services
 from app.jobs.models import Job, JobState
+from app.jobs.schemas import JobTaskRequest
 from app.openapi import documented
-from app.web import ListParameters, db_session, fetch_page
+from app.web import ListParameters, db_session, fetch_page, parse_body
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -23,6 +25,11 @@ JOBS = ListParameters(
              "range-start": "Jobs queued at or after this time.",
              "range-end": "Jobs queued at or before this time."},
     sorts=services.JOB_SORTS, includes={"creators"})
+
+
+# The newest jobs of a hub, at most this many: what a dashboard shows first.
+LATEST_JOBS = 20
+LATEST = ListParameters(includes=JOBS.includes)
 
 
 def accepted(session: Session, job: Job) -> documents.JobDescriptorDocument:
@@ -43,9 +50,43 @@ def list_jobs():
     return documents.job_list(db_session(), current().hub_id, jobs, q.include)
 
 
+@blueprint.get("/latest")
+@documented(f"The hub's {LATEST_JOBS} most recent jobs, newest first", documents.JobListDocument,
+            query=LATEST, extension=True)
+@requires(Capability.JOBS_VIEW)
+def latest_jobs():
+    q = LATEST.parse()
+    jobs = db_session().scalars(services.jobs_query(current().hub_id, {}, []).order_by(
+        Job.id.desc()).limit(LATEST_JOBS)).all()
+    return documents.job_list(db_session(), current().hub_id, jobs, q.include)
+
+
 @blueprint.get("/<job_id>")
 @documented("Get a job", documents.JobDocument, errors=(errors.JobNotFound,))
 @requires(Capability.JOBS_VIEW)
 def get_job(job_id: str):
     job = services.get_job(db_session(), current().hub_id, job_id)
     return documents.JobDocument(data=documents.Job.of(job))
+
+
+@blueprint.post("/<job_id>/tasks")
+@idempotent
+@documented("Retry a job that ended in error or expired (a new job), or cancel a queued one",
+            documents.JobDescriptorDocument, status=202, body=JobTaskRequest,
+            errors=(errors.JobNotFound, errors.InvalidState, errors.ImageNotFound,
+                    errors.SourceNotFound, errors.InvalidArgument), extension=True)
+@requires(Capability.JOBS_VIEW)
+def create_job_task(job_id: str):
+    """Retrying or cancelling a job also needs the capability of the call that makes such jobs
+    (`images-import` for an import, `images-manage` for a delete or a prune...)."""
+    body = parse_body(JobTaskRequest)
+    session = db_session()
+    job = control.locked(session, current().hub_id, job_id)
+    capability = kinds.of(job.action).capability
+    if capability is not None:
+        authenticate(Capability(capability))
+    if body.action == "retry":
+        return accepted(session, control.retry(session, job, current().creator))
+    control.cancel(session, job, current().key_id)
+    session.commit()
+    return documents.JobDescriptorDocument.of(job)

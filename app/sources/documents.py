@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from sqlalchemy.orm import Session
@@ -62,7 +62,10 @@ class ImageSource(Document):
 
 
 class SourceIncludes(Document):
-    creators: CreatorsInclude
+    creators: CreatorsInclude | None = optional()
+    # Cycle's hub integrations; imagejobs has none, so asked for it is an empty map.
+    integrations: dict[str, dict[str, Any]] | None = optional("Always empty: no integrations "
+                                                              "here.")
 
 
 class SourceDocument(Document):
@@ -87,8 +90,9 @@ def source_list(session: Session, hub_id: str, sources: Sequence[models.ImageSou
         counts = services.images_count(session, [s.id for s in sources])
         for document in data:
             document.meta = SourceMeta(images_count=counts[document.id])
-    includes = None
+    includes = SourceIncludes()
     if "creators" in include:
-        includes = SourceIncludes(creators=creators_include(
-            session, hub_id, {s.creator_id for s in sources}))
-    return SourceListDocument(data=data, includes=includes)
+        includes.creators = creators_include(session, hub_id, {s.creator_id for s in sources})
+    if "integrations" in include:
+        includes.integrations = {}
+    return SourceListDocument(data=data, includes=includes if include else None)

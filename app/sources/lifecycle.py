@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from app.hubs.models import Capability
 from app.images.lifecycle import summary
 from app.jobs import execution, kinds
 from app.jobs.actions import Action
 from app.jobs.models import Job
+from app.sources import services
 from app.sources.models import ImageSource, SourceState
 
 
@@ -32,5 +34,11 @@ def _images_deleted(session: Session, job: Job, outcome: dict[str, str]) -> None
     execution.complete(session, job, {**outcome, "summary": summary(outcome, job.input)})
 
 
+def _delete_again(session: Session, job: Job, creator: dict[str, str]) -> Job:
+    return services.delete_source(session, job.hub_id, creator, job.subject_id)
+
+
 DELETE = kinds.register(kinds.JobKind(Action.SOURCE_DELETE, release=_release,
-                                      children_ended=_images_deleted))
+                                      children_ended=_images_deleted,
+                                      capability=Capability.IMAGES_SOURCES_MANAGE,
+                                      again=_delete_again))

@@ -7,6 +7,7 @@ from flask import Blueprint
 from app import errors
 from app.hubs.auth import current, requires
 from app.hubs.models import Capability
+from app.idempotency.requests import idempotent
 from app.jobs.documents import JobDescriptorDocument
 from app.jobs.views import accepted
 from app.openapi import documented
@@ -18,7 +19,7 @@ from app.web import ListParameters, db_session, fetch_page, parse_body
 
 blueprint = Blueprint("sources", __name__, url_prefix="/v1/images/sources")
 
-ONE_SOURCE = ListParameters(includes={"creators"}, metas={"images_count"})
+ONE_SOURCE = ListParameters(includes={"creators", "integrations"}, metas={"images_count"})
 SOURCES = ListParameters(
     states=SourceState, filters={"identifier": "Sources with this identifier.",
                                  "search": "A substring of the name, or an id."},
@@ -36,6 +37,7 @@ def list_sources():
 
 
 @blueprint.post("")
+@idempotent
 @documented("Create an image source", SourceDocument, status=201, body=SourceCreate)
 @requires(Capability.IMAGES_SOURCES_MANAGE)
 def create_source():
@@ -70,6 +72,7 @@ def update_source(source_id: str):
 
 
 @blueprint.delete("/<source_id>")
+@idempotent
 @documented("Delete an image source and its images (a job)", JobDescriptorDocument, status=202,
             errors=(errors.SourceNotFound, errors.InvalidState))
 @requires(Capability.IMAGES_SOURCES_MANAGE)

@@ -1,0 +1,1 @@
+"""Idempotency-Key: a creating call sent again with the same key gets the first answer."""
