@@ -163,6 +163,12 @@ def test_another_hubs_job_is_not_found(api: Api, client, other_tenant):
     assert get_job(api, job_id)["state"]["current"] == "error"
 
 
+@pytest.mark.parametrize("job_id", ["a%00b", "not-an-id", "0" * 25])
+def test_a_job_id_that_cannot_exist_is_not_found(api: Api, job_id):
+    for action in ("retry", "cancel"):
+        assert_error(task(api, job_id, action), 404, "404.job")
+
+
 def test_an_unknown_action_is_refused(api: Api):
     _, job_id = queued_import(api)
     assert_error(task(api, job_id, "pause"), 422, "422.invalid-input", "/action")

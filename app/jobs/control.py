@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import errors
+from app.db import is_id
 from app.jobs import execution, kinds
 from app.jobs.models import JOB_STATES, Job, JobState
 
@@ -17,7 +18,8 @@ RETRYABLE = (JobState.ERROR, JobState.EXPIRED)
 def locked(session: Session, hub_id: str, job_id: str) -> Job:
     """The hub's job, locked against the worker's claim and the sweeper until the commit."""
     job = session.scalar(select(Job).where(Job.id == job_id, Job.hub_id == hub_id)
-                         .with_for_update().execution_options(populate_existing=True))
+                         .with_for_update().execution_options(populate_existing=True)
+                         ) if is_id(job_id) else None  # some, NUL, Postgres would refuse
     if job is None:
         raise errors.JobNotFound(f"No job `{job_id[:64]}` in this hub.")
     return job
