@@ -315,6 +315,11 @@ def dev(host: str, port: int, concurrency: int) -> None:
         write_key_file(DEV_KEY_FILE)
         os.environ["IMAGEJOBS_SECRET_KEY_FILE"] = str(DEV_KEY_FILE)
         use_settings(Settings.from_env())
+    if not get_settings().node_id_chosen:
+        # The worker runs beside the engine this machine serves it (`make run` starts one here):
+        # the host name lasts as long as that engine's images do, in a container too.
+        os.environ["IMAGEJOBS_NODE_ID"] = get_settings().node_id
+        use_settings(Settings.from_env())
     migrations.create_database_if_missing()
     migrations.upgrade()
     processes = [subprocess.Popen(api_command(host, port, 1)),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
+import redis
 import requests
 
 from tests.processes import api_server
@@ -21,9 +23,18 @@ def cli(*args: str) -> str:
     return result.stdout.strip()
 
 
+# A broker of its own, so that only the quick start's own worker can take its import.
+QUICK_START_REDIS = "redis://127.0.0.1:6379/6"
+
+
 @pytest.fixture
 def server(docker_client):
-    with api_server(f"dev-{TEST_DATABASE}", "dev") as base:
+    """`imagejobs dev` as `make run` starts it: no node id chosen, inside a container (as this
+    machine kind is; KUBERNETES_SERVICE_HOST makes any machine count as one)."""
+    redis.Redis.from_url(QUICK_START_REDIS).flushdb()
+    env = {name: value for name, value in os.environ.items() if name != "IMAGEJOBS_NODE_ID"}
+    env.update(REDIS_URL=QUICK_START_REDIS, KUBERNETES_SERVICE_HOST="kubernetes.invalid")
+    with api_server(f"dev-{TEST_DATABASE}", "dev", env=env) as base:
         yield base
 
 
@@ -58,6 +69,7 @@ def test_quick_start_imports_an_image_from_the_local_registry(server, pushed_ima
     live = requests.get(f"{server}/v1/images/{image_id}", headers=headers).json()["data"]
     assert live["state"]["current"] == "live"
     assert live["size"] == pushed_image.size
+    assert live["factory"]["node_id"] == socket.gethostname()  # dev's worker, named by its host
     assert live["backend"]["file_id"] == pushed_image.image_id
     assert live["config"]["workdir"] == "/srv"
     assert live["config"]["env"]["GREETING"] == "hello"
