@@ -91,6 +91,11 @@ class Creator(Document):
 class StateError(Document):
     message: str
 
+    @classmethod
+    def of(cls, message: str | None) -> StateError | None:
+        """The error a state shows, or none when no message was recorded."""
+        return cls(message=message) if message else None
+
 
 class Events(Document):
     created: Time

@@ -69,10 +69,14 @@ def engine_name(reference: str) -> tuple[str, str, str]:
 _clients: dict[tuple[int, str, float], docker.DockerClient] = {}
 
 
+def _connect(base_url: str, timeout: float) -> docker.DockerClient:
+    return docker.DockerClient(base_url=base_url, version="auto", timeout=timeout)
+
+
 def _client(base_url: str, timeout: float) -> docker.DockerClient:
     key = (os.getpid(), base_url, timeout)  # a forked child must not share its parent's sockets
     if key not in _clients:
-        _clients[key] = docker.DockerClient(base_url=base_url, version="auto", timeout=timeout)
+        _clients[key] = _connect(base_url, timeout)
     return _clients[key]
 
 
@@ -162,8 +166,7 @@ class Engine:
         """From here on, a client of this job's alone, closed with it: one that logs in, or whose
         connection a build's deadline may cut."""
         if not self._private:
-            self.client = docker.DockerClient(base_url=self.base_url, version="auto",
-                                              timeout=self.timeout)
+            self.client = _connect(self.base_url, self.timeout)
             self._private = True
 
     def build(self, context: IO[bytes], *, dockerfile: str, buildargs: dict[str, str],

@@ -76,8 +76,7 @@ class Job(Document):
             schedule=rfc3339(job.schedule), expires=rfc3339(job.expires), tasks=job.tasks,
             hash=job.hash, limit_duplicates=job.limit_duplicates, creator=Creator.of(job),
             state=JobStatus(current=job.state, changed=rfc3339(job.state_changed),
-                            error=StateError(message=job.error_message)
-                            if job.error_message else None),
+                            error=StateError.of(job.error_message)),
             retry_of=job.retry_of)
 
 

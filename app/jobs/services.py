@@ -47,7 +47,7 @@ def create_job(session: Session, *, hub_id: str, creator: dict[str, str], action
         subject_id=subject_id, parent_id=parent_id, input=task.input, hash=digest,
         limit_duplicates=True,
         creator_type=creator["type"], creator_id=creator["id"], state=JobState.QUEUED,
-        state_changed=now, queued_at=now, schedule=now, attempt=0,
+        state_changed=now, queued_at=now, schedule=now,
         expires=now + timedelta(seconds=get_settings().job_ttl_seconds),
         tasks=[{
             "id": new_id(), "caption": task.caption, "header": task.header,

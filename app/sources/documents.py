@@ -56,8 +56,7 @@ class ImageSource(Document):
             origin=source.origin, builder=source.builder, creator=Creator.of(source),
             acl=source.acl,
             state=SourceStatus(current=source.state, changed=rfc3339(source.state_changed),
-                               error=StateError(message=source.state_error)
-                               if source.state_error else None),
+                               error=StateError.of(source.state_error)),
             events=Events.of(source))
 
 
