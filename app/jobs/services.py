@@ -58,7 +58,11 @@ def create_job(session: Session, *, hub_id: str, creator: dict[str, str], action
         }],
     )
     for _ in range(3):
-        job = session.scalars(_INSERT_UNLESS_DUPLICATE, values).first()
+        # An equal job is looked for first: the insert would wait on it while a worker holds it
+        # (to learn whether the row it conflicts with stays), and that worker may be waiting on
+        # a row this request holds (a source being deleted), a deadlock.
+        job = (_active_with_hash(session, digest)
+               or session.scalars(_INSERT_UNLESS_DUPLICATE, values).first())
         if job is None:
             job = _active_with_hash(session, digest)
         if job is not None:
