@@ -12,6 +12,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     `settings` become the process's own; without them they are read from the environment."""
     from app import logs, metrics, web
+    from app.events.views import blueprint as notifications
     from app.images import lifecycle as _images  # noqa: F401  (job kinds, for retry and cancel)
     from app.images.views import blueprint as images
     from app.jobs.views import blueprint as jobs
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(sources)
     app.register_blueprint(images)
     app.register_blueprint(jobs)
+    app.register_blueprint(notifications)
     app.register_blueprint(openapi)
     app.register_blueprint(ready)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from flask import Blueprint, Flask, current_app
+from flask import Blueprint, Flask, Response, current_app
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -60,7 +60,8 @@ def documented(summary: str, response: type[BaseModel] | None, *, status: int = 
                ) -> Callable:
     """Declare, beside a view, what the document says of it; every view under /v1 needs one.
 
-    The view returns a `response` document, answered with `status`. The errors of its query, its
+    The view returns a `response` document, answered with `status` (or, where its description
+    says so, a streamed `Response`). The errors of its query, its
     body, its authentication and the server are added by themselves: list only those of the
     view's own doing.
     """
@@ -75,6 +76,8 @@ def documented(summary: str, response: type[BaseModel] | None, *, status: int = 
         @functools.wraps(view)
         def answer(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], int]:
             document = view(*args, **kwargs)
+            if isinstance(document, Response):  # a stream the view's description tells of
+                return document
             if type(document) is not response:
                 raise TypeError(f"{view.__name__} answered a {type(document).__name__}, "
                                 f"documented as a {response.__name__}")

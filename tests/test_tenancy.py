@@ -45,6 +45,7 @@ from tests.servers import FileServer
 from tests.services import BASE_IMAGE
 
 SOURCES, IMAGES, JOBS = "/v1/images/sources", "/v1/images", "/v1/jobs"
+NOTIFICATIONS = "/v1/hubs/current/notifications"
 EVERY_SOURCE_STATE = "filter[state]=live,deleting,deleted"
 EVERY_IMAGE_STATE = ("filter[state]=new,uploading,downloading,building,verifying,saving,live,"
                      "deleting,deleted")
@@ -222,6 +223,7 @@ MATRIX: dict[tuple[str, str], Endpoint] = {
         lambda h: Call("get", f"{IMAGES}/{h.built_image['id']}/build-log"), (
             get(IMAGES + "/{v}/build-log", "built_image_id"),
             get(IMAGES + "/{v}/build-log?offset=0", "built_image_id"),
+            get(IMAGES + "/{v}/build-log?follow=true", "built_image_id"),
         )),
     ("GET", JOBS): Endpoint(
         "key", "apionly-jobs-view", 200, lambda h: Call("get", JOBS), (
@@ -239,6 +241,7 @@ MATRIX: dict[tuple[str, str], Endpoint] = {
         "key", "apionly-jobs-view", 200, lambda h: Call("get", f"{JOBS}/{h.jobs[0]}"), (
             get(JOBS + "/{v}", "job_id"),
             get(JOBS + "/{v}", "build_job_id"),
+            get(JOBS + "/{v}?wait=0.2", "job_id"),
         )),
     ("POST", JOBS + "/{id}/tasks"): Endpoint(
         "key", "apionly-jobs-view", 202,
@@ -246,6 +249,12 @@ MATRIX: dict[tuple[str, str], Endpoint] = {
             Probe(Call("post", JOBS + "/{v}/tasks", {"action": "retry"}), "job_id"),
             Probe(Call("post", JOBS + "/{v}/tasks", {"action": "cancel"}), "build_job_id"),
         ), also=("images-import",)),
+    ("GET", NOTIFICATIONS): Endpoint(
+        "key", "apionly-notifications-listen", 200, lambda h: Call("get", NOTIFICATIONS), (
+            # A token is the key's id, an expiry and a signature: another hub's key id opens
+            # nothing without the signature only that key's hash makes.
+            get(NOTIFICATIONS + "?token={v}.9999999999.forged", "key_id"),
+        )),
 }
 
 
@@ -322,6 +331,7 @@ class Hub:
             "image_file_name": engine_tag(self.image["id"])[0],
             "built_image_id": self.built_image["id"], "upload_image_id": self.upload_image["id"],
             "job_id": self.jobs[0], "build_job_id": self.jobs[1],
+            "key_id": self.tenant.key_id,
         }
 
     @property

@@ -17,6 +17,7 @@ from celery.signals import setup_logging, worker_ready, worker_shutdown
 import app.models  # noqa: F401  (every model, so that foreign keys between domains resolve)
 from app import logs
 from app.config import Settings, check_service, get_settings, use_settings
+from app.events import stream
 from app.jobs import consumers
 from app.jobs.execution import sweep
 from app.jobs.queueing import make_celery
@@ -65,6 +66,7 @@ def _sweep_forever() -> None:
             if report.expired or report.requeued or report.abandoned or report.published:
                 log.info("sweep: %s", report)
             sweep_uploads()
+            stream.forget_old()
         except Exception:  # the database or broker is away; the next sweep tries again
             log.warning("sweep failed", exc_info=True)
 

@@ -19,6 +19,7 @@ class Capability(StrEnum):
     IMAGES_SOURCES_VIEW = "images-sources-view"
     IMAGES_SOURCES_MANAGE = "images-sources-manage"
     JOBS_VIEW = "apionly-jobs-view"
+    NOTIFICATIONS_LISTEN = "apionly-notifications-listen"
 
 
 class Hub(Base):

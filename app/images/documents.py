@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import rfc3339
-from app.documents import Creator, Document, Events, Id, Time, optional, stored
+from app.documents import Creator, Document, Events, Id, Time, extension, optional, stored
 from app.hubs.documents import CreatorsInclude, creators_include
 from app.images import models
 from app.images.models import ImageState
@@ -191,15 +191,17 @@ class ImageBuildLog(Document):
     log: str = Field(description="The log past `offset`.")
     events: Events
     meta: BuildLogMeta
+    building: bool | None = extension("Whether the log may still grow: the image is building, "
+                                      "or an import of it is queued. `?follow=true` streams it.")
 
 
 class BuildLogDocument(Document):
     data: ImageBuildLog
 
     @classmethod
-    def of(cls, build_log: BuildLogSlice, offset: int) -> BuildLogDocument:
+    def of(cls, build_log: BuildLogSlice, offset: int, building: bool) -> BuildLogDocument:
         return cls(data=ImageBuildLog(
             id=build_log.id, hub_id=build_log.hub_id, image_id=build_log.image_id,
             log=build_log.text, events=Events.of(build_log),
             meta=BuildLogMeta(offset=offset, next_offset=build_log.length,
-                              truncated=build_log.truncated)))
+                              truncated=build_log.truncated), building=building))

@@ -23,7 +23,7 @@ from app.images.models import TRANSITIONAL, BuildLog, BuildLogChunk, Image, Imag
 from app.images.schemas import ImageCreate
 from app.jobs import queueing
 from app.jobs.actions import Action
-from app.jobs.models import Job
+from app.jobs.models import ACTIVE, Job
 from app.jobs.services import NewTask, create_job
 from app.sources.models import ImageSource, SourceState
 from app.sources.origins import PULL_TYPES, UnreadableOrigin, registry_of, stored_origin
@@ -257,6 +257,13 @@ class BuildLogSlice:
     created: datetime
     updated: datetime
     deleted: datetime | None
+
+
+def building(session: Session, image: Image) -> bool:
+    """Whether the image's build log may still grow: it is building, or an import of it waits."""
+    return image.state == ImageState.BUILDING or bool(session.scalar(
+        select(Job.id).where(Job.subject_id == image.id, Job.action == Action.IMAGE_IMPORT,
+                             Job.state.in_(ACTIVE)).limit(1)))
 
 
 def build_log(session: Session, image: Image, offset: int) -> BuildLogSlice | None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from flask import Blueprint, request
 
 from app import errors
+from app.db import autocommit_session
+from app.events import follow, listener
 from app.hubs.auth import authenticate, current, requires
 from app.hubs.models import Capability
 from app.idempotency.requests import idempotent, idempotent_upload
@@ -20,7 +24,7 @@ from app.images.models import Image, ImageState
 from app.images.schemas import ImageCreate, ImagesTask, ImageTask, ImageUpdate
 from app.jobs.documents import JobDescriptorDocument
 from app.jobs.views import accepted
-from app.openapi import documented, query_parameter
+from app.openapi import EXTENSION, documented, query_parameter
 from app.serve import off_the_hub
 from app.web import ListParameters, db_session, fetch_page, parse_body, receive_upload
 
@@ -172,27 +176,59 @@ def upload_image(image_id: str):
 @documented("An image's build log, from `offset` on", BuildLogDocument,
             parameters=(query_parameter(
                 "offset", {"type": "integer", "minimum": 0, "maximum": 10**12 - 1},
-                "Characters to skip: `meta.next_offset` of the last answer."),),
+                "Characters to skip: `meta.next_offset` of the last answer."),
+                {**query_parameter(
+                    "follow", {"type": "boolean"},
+                    "Stream the log as Server-Sent Events (also with `Accept: "
+                    "text/event-stream`): each event's data is `{\"offset\", \"text\"}` and its "
+                    "`id` the offset after it (send it back as `Last-Event-ID` to resume); a "
+                    "last `end` event follows once the build ended."), **EXTENSION}),
             errors=(errors.ImageNotFound, errors.BuildLogNotFound, errors.InvalidArgument))
 @requires(Capability.IMAGES_VIEW)
 def get_build_log(image_id: str):
     """The build log; `?offset=N` gives only what follows its first N characters.
 
-    `meta.next_offset` is the offset to ask for next time, so following a build costs little.
+    `meta.next_offset` is the offset to ask for next time, so following a build costs little;
+    `?follow=true` streams it as it is written instead, until the build ends.
     """
     offset = _offset()
     session = db_session()
     image = services.get_image(session, current().hub_id, image_id)
+    if request.args.get("follow") == "true" or follow.wants_event_stream():
+        offset = _offset("Last-Event-ID", request.headers.get("Last-Event-ID", str(offset)))
+        session.close()  # no pooled connection is held while the build is followed
+        return follow.server_sent_events(_growing_log(image.hub_id, image.id, offset))
     build_log = services.build_log(session, image, offset)
     if build_log is None:
         raise errors.BuildLogNotFound("This image has no build log: it was not built from a "
                                       "Dockerfile, or its build has not started.")
-    return BuildLogDocument.of(build_log, offset)
+    return BuildLogDocument.of(build_log, offset, services.building(session, image))
 
 
-def _offset() -> int:
-    raw = request.args.get("offset", "0")
+def _growing_log(hub_id: str, image_id: str, offset: int) -> Iterator[str]:
+    """The log past `offset` as it is written, then an `end` event once the build ended."""
+    with listener.watch(listener.build_log(image_id), listener.hub(hub_id)) as changed:
+        while True:
+            changed.clear()
+            with autocommit_session() as session:
+                image = session.get(Image, image_id)
+                # Asked before the log is read: a log read after the build ended is whole.
+                going = image is not None and services.building(session, image)
+                build_log = services.build_log(session, image, offset) if image else None
+            if build_log is not None and build_log.text:
+                yield follow.frame({"offset": offset, "text": build_log.text}, build_log.length)
+                offset = build_log.length
+            if not going:
+                yield follow.frame({"state": image.state if image else ImageState.DELETED},
+                                   event="end")
+                return
+            if not changed.wait(follow.KEEPALIVE_SECONDS):
+                yield ": keepalive\n\n"
+
+
+def _offset(name: str = "offset", raw: str | None = None) -> int:
+    raw = request.args.get("offset", "0") if raw is None else raw
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # isdigit() alone takes `²`
-        raise errors.InvalidArgument("`offset` must be a whole number of characters, 0 or more.",
-                                     source="offset")
+        raise errors.InvalidArgument(f"`{name}` must be a whole number of characters, 0 or more.",
+                                     source=name)
     return int(raw)

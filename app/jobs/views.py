@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response, after_this_request, request
 from sqlalchemy.orm import Session
 
 from app import errors
 from app.db import autocommit_session
+from app.events import follow, listener
 from app.hubs.auth import authenticate, current, requires
 from app.hubs.models import Capability
 from app.idempotency.requests import idempotent
 from app.jobs import control, documents, kinds, services
 from app.jobs.models import Job, JobState
 from app.jobs.schemas import JobTaskRequest
-from app.openapi import documented
+from app.openapi import EXTENSION, documented, query_parameter
 from app.web import ListParameters, db_session, fetch_page, parse_body
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -61,12 +62,49 @@ def latest_jobs():
     return documents.job_list(db_session(), current().hub_id, jobs, q.include)
 
 
+WAIT = {**query_parameter(
+    "wait", {"type": "number", "minimum": 0, "maximum": follow.MAX_WAIT_SECONDS},
+    "Long poll: answer as soon as the job differs from the version in `If-None-Match` (the "
+    "`ETag` of an earlier answer; without it, from the job as it is now), or after this many "
+    "seconds as it is then."), **EXTENSION}
+
+
 @blueprint.get("/<job_id>")
-@documented("Get a job", documents.JobDocument, errors=(errors.JobNotFound,))
+@documented("Get a job", documents.JobDocument, parameters=(WAIT,),
+            errors=(errors.JobNotFound, errors.InvalidArgument))
 @requires(Capability.JOBS_VIEW)
 def get_job(job_id: str):
-    job = services.get_job(db_session(), current().hub_id, job_id)
-    return documents.JobDocument(data=documents.Job.of(job))
+    """Every answer carries an `ETag`; `If-None-Match` with it answers 304 while the job is the
+    same, or, with `?wait=`, waits for it to change."""
+    hub_id = current().hub_id
+    seconds = follow.wait_seconds()
+    seen = request.headers.get("If-None-Match")
+
+    def read() -> documents.JobDocument:
+        with autocommit_session() as session:
+            return documents.JobDocument(data=documents.Job.of(
+                services.get_job(session, hub_id, job_id)))
+
+    if seconds:
+        db_session().close()  # no pooled connection is held while the job is waited for
+        document = follow.long_poll(listener.job(job_id), read, _version, seen, seconds)
+    else:
+        document = documents.JobDocument(data=documents.Job.of(
+            services.get_job(db_session(), hub_id, job_id)))
+        if seen is not None and seen == _version(document):
+            return Response(status=304, headers={"ETag": seen})
+    tag = _version(document)
+
+    @after_this_request
+    def tagged(response: Response) -> Response:
+        response.headers["ETag"] = tag
+        return response
+
+    return document
+
+
+def _version(document: documents.JobDocument) -> str:
+    return follow.etag(document.answer())
 
 
 @blueprint.post("/<job_id>/tasks")
