@@ -282,8 +282,12 @@ class ApiWorker(GeventWorker):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
-        # A kept-alive connection would otherwise hold the stop for the whole graceful timeout.
+        # A kept-alive connection would otherwise hold the stop for the whole graceful timeout,
+        # and so would a follower (a long poll, a stream).
         gevent.spawn_later(STOP_LINGER_SECONDS, self._close_between_requests)
+        from app.events import listener  # here: psycopg must be imported after gevent's patch
+
+        gevent.spawn(listener.stop_following)
 
     def _close_between_requests(self) -> None:
         # gunicorn reads StopIteration, raised where the greenlet waits for the next request, as

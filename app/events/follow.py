@@ -56,7 +56,7 @@ def long_poll(key: listener.Key, read: Callable[[], T], version: Callable[[T], s
             if seen is None:
                 seen = now
             remaining = deadline - time.monotonic()
-            if now != seen or remaining <= 0:
+            if now != seen or remaining <= 0 or listener.stopping():
                 return current
             changed.wait(remaining)
 

@@ -41,6 +41,9 @@ class Listener:
         self._watchers: dict[Key, set[threading.Event]] = defaultdict(set)
         self._pid: int | None = None
         self.connected = threading.Event()
+        # The process is stopping: followers answer or end now (a stream's client reconnects
+        # with Last-Event-ID to another process) instead of holding the stop.
+        self.stopping = threading.Event()
 
     @contextmanager
     def watch(self, *keys: Key) -> Iterator[threading.Event]:
@@ -50,6 +53,8 @@ class Listener:
         with self._lock:
             for key in keys:
                 self._watchers[key].add(changed)
+        if self.stopping.is_set():
+            changed.set()
         try:
             yield changed
         finally:
@@ -69,6 +74,10 @@ class Listener:
             self._watchers.clear()
         threading.Thread(target=self._listen_forever, name="imagejobs-listener",
                          daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._wake(None)
 
     def _wake(self, keys: set[Key] | None) -> None:
         with self._lock:
@@ -124,6 +133,15 @@ _listener = Listener()
 def watch(*keys: Key):
     """See `Listener.watch`: this process's listener."""
     return _listener.watch(*keys)
+
+
+def stop_following() -> None:
+    """End every follower of this process: it is stopping."""
+    _listener.stop()
+
+
+def stopping() -> bool:
+    return _listener.stopping.is_set()
 
 
 def hub(hub_id: str) -> Key:

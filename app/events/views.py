@@ -120,6 +120,8 @@ def _messages(hub_id: str, after: int) -> Iterator[tuple[int, dict[str, Any]] | 
             for event in events:
                 after = event.seq
                 yield after, stream.message(event)
+            if listener.stopping():
+                return
             if not events and not changed.wait(follow.KEEPALIVE_SECONDS):
                 yield None
 

@@ -222,6 +222,8 @@ def _growing_log(hub_id: str, image_id: str, offset: int) -> Iterator[str]:
                 yield follow.frame({"state": image.state if image else ImageState.DELETED},
                                    event="end")
                 return
+            if listener.stopping():  # the client reconnects, with Last-Event-ID, elsewhere
+                return
             if not changed.wait(follow.KEEPALIVE_SECONDS):
                 yield ": keepalive\n\n"
 
