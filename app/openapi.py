@@ -46,6 +46,8 @@ class Operation:
     request_body: dict[str, Any] | None = None  # a body that is not JSON, as OpenAPI describes it
     errors: tuple[type[errors.ApiError], ...] = ()
     extension: bool = False  # not in Cycle's API: marked `x-imagejobs-extension`
+    # What the view answers as Server-Sent Events, when asked to (an extension), if it can.
+    stream: str | None = None
 
 
 # The mark of what imagejobs adds to Cycle's API: an operation, a parameter or a field.
@@ -56,8 +58,8 @@ def documented(summary: str, response: type[BaseModel] | None, *, status: int = 
                body: type[BaseModel] | None = None, query: ListParameters | None = None,
                parameters: tuple[dict[str, Any], ...] = (),
                request_body: dict[str, Any] | None = None,
-               errors: tuple[type[errors.ApiError], ...] = (), extension: bool = False
-               ) -> Callable:
+               errors: tuple[type[errors.ApiError], ...] = (), extension: bool = False,
+               stream: str | None = None) -> Callable:
     """Declare, beside a view, what the document says of it; every view under /v1 needs one.
 
     The view returns a `response` document, answered with `status` (or, where its description
@@ -66,7 +68,7 @@ def documented(summary: str, response: type[BaseModel] | None, *, status: int = 
     view's own doing.
     """
     operation = Operation(summary, status, response, body, query, parameters, request_body,
-                          errors, extension)
+                          errors, extension, stream)
 
     def decorate(view: Callable) -> Callable:
         if response is None:  # this document itself, answered as built
@@ -162,8 +164,13 @@ def _responses(operation: Operation, capability: Any) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "object", "description": "An OpenAPI 3.1 document."}
     else:
         schema = {"$ref": REF.format(model=operation.response.__name__)}
+    content: dict[str, Any] = {"application/json": {"schema": schema}}
+    if operation.stream is not None:
+        # No schema: the events' data are described in the operation's words.
+        content["text/event-stream"] = {"schema": {"description": operation.stream},
+                                        **EXTENSION}
     responses: dict[str, Any] = {str(operation.status): {
-        "description": operation.summary, "content": {"application/json": {"schema": schema}}}}
+        "description": operation.summary, "content": content}}
     kinds = [*operation.errors, *_SERVER_ERRORS]
     if capability is not None:
         kinds += _AUTH_ERRORS

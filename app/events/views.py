@@ -67,7 +67,8 @@ def _listening(view: Callable) -> Callable:
          "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
          "description": "Server-Sent Events: the `id` of the last event received, to resume "
                         "after it.", "x-imagejobs-extension": True}),
-    errors=(errors.Expired, errors.InvalidArgument))
+    errors=(errors.Expired, errors.InvalidArgument),
+    stream="With `Accept: text/event-stream`: the hub's events, each `id` its number.")
 @_listening
 def notifications():
     """Messages are `{"topic", "object": {"id", "state", "state_previous", "error"},

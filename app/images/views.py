@@ -183,7 +183,8 @@ def upload_image(image_id: str):
                     "text/event-stream`): each event's data is `{\"offset\", \"text\"}` and its "
                     "`id` the offset after it (send it back as `Last-Event-ID` to resume); a "
                     "last `end` event follows once the build ended."), **EXTENSION}),
-            errors=(errors.ImageNotFound, errors.BuildLogNotFound, errors.InvalidArgument))
+            errors=(errors.ImageNotFound, errors.BuildLogNotFound, errors.InvalidArgument),
+            stream="With `?follow=true` or `Accept: text/event-stream`: the log as it grows.")
 @requires(Capability.IMAGES_VIEW)
 def get_build_log(image_id: str):
     """The build log; `?offset=N` gives only what follows its first N characters.

@@ -75,6 +75,14 @@ DELIBERATE_DIFFERENCES: tuple[Difference, ...] = (
                "API); needs apionly-jobs-view and the capability of the job's own action. "
                "Marked x-imagejobs-extension."),
     Difference(
+        "extra-route", "GET /v1/hubs/current/notifications", spec="not in the extract (Cycle "
+        "serves it: the hub notification pipeline; its capability is in Capability.yml)",
+        api="served",
+        reason="Cycle's notification token, and with `?token=` its one-way WebSocket of the hub's "
+               "job, image and source events. The same events as Server-Sent Events, resumable "
+               "with Last-Event-ID, are imagejobs' own (the header is marked "
+               "x-imagejobs-extension)."),
+    Difference(
         "extra-route", "GET /v1/health", spec="not in the extract", api="served",
         reason="An operational health check for load balancers and `make run`, outside Cycle's "
                "API."),
