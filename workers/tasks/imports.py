@@ -26,7 +26,10 @@ from app import vault
 from app.archives import ArchiveRefused
 from app.config import get_settings
 from app.db import utcnow
-from app.images import lifecycle  # noqa: F401  (registers the image job kinds)
+from app.images import (
+    lifecycle,  # noqa: F401  (registers the image job kinds)
+    steps,
+)
 from app.images.imagetar import read_image_tar
 from app.images.models import Image, ImageState, engine_tag
 from app.jobs import counters
@@ -167,9 +170,8 @@ def _bring_in(job_run: JobRun, plan: _Plan) -> tuple[str, dict[str, Any], dict[s
                 image = session.get(Image, plan.image_id, with_for_update=True)
                 image.move_to(ImageState.VERIFYING)
                 image.move_to(ImageState.SAVING)
-                job_run.step(job, "Verify", "Reading the image's configuration and size",
-                             at=verifying)
-                job_run.step(job, "Save", "Tagging the image in the engine of this node")
+                job_run.step(job, steps.VERIFY, at=verifying)
+                job_run.step(job, steps.SAVE)
             engine.tag(file_id, repository, tag)
         finally:
             # After the tag, or after a failure: either way the names are no longer needed.
@@ -196,7 +198,7 @@ class Importer:
 
 def _prepare_pull(session: Session, image: Image, job_run: JobRun, job: Job, plan: _Plan) -> None:
     plan.reference, plan.auth = pull_spec(plan.origin, plan.override)
-    job_run.step(job, "Pull", f"Pulling {plan.reference}")
+    job_run.step(job, steps.PULL, f"Pulling {plan.reference}")
 
 
 def _pull(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
@@ -213,7 +215,7 @@ def _pull(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
 def _prepare_build(session: Session, image: Image, job_run: JobRun, job: Job,
                    plan: _Plan) -> None:
     plan.log_size = _open_build_log(session, image, job_run.claim.attempt)
-    job_run.step(job, "Fetch context", "Fetching the build context")
+    job_run.step(job, steps.FETCH_CONTEXT)
 
 
 def _produce_build(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
@@ -225,7 +227,7 @@ def _produce_build(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
 def _prepare_load(session: Session, image: Image, job_run: JobRun, job: Job, plan: _Plan) -> None:
     if not plan.upload:
         raise JobFailed("Images of cycle-upload sources are imported by uploading their tar.")
-    job_run.step(job, "Load", "Loading the uploaded image tar into the engine")
+    job_run.step(job, steps.LOAD)
 
 
 def _load(job_run: JobRun, engine: Engine, plan: _Plan, staging: str, dropped: list[str]) -> str:
@@ -334,7 +336,7 @@ def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
                 # The engine fetches remote ADD sources itself, past every check on users' URLs.
                 refuse_remote_sources(_dockerfile_text(packed, build_file))
                 with job_run.write() as (_, job):
-                    job_run.step(job, "Build", f"Building {build_file} on node "
+                    job_run.step(job, steps.BUILD, f"Building {build_file} on node "
                                  f"{get_settings().node_id}")
                 for credential in details.credentials or []:
                     server = registry_host(credential.url or "")
