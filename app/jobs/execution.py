@@ -119,6 +119,11 @@ def complete_step(job: Job, at: datetime | None = None) -> None:
     _change_steps(job, lambda s: steps.completed(s, rfc3339(at or utcnow())))
 
 
+def note_progress(job: Job, done: int, total: int, unit: str) -> None:
+    """Note how far the step being worked on is (`done` of `total` `unit`)."""
+    _change_steps(job, lambda s: steps.with_progress(s, done, total, unit))
+
+
 def _change_steps(job: Job, change: Callable[[list[dict]], list[dict]]) -> None:
     task = dict(job.tasks[0])
     task["steps"] = change(task["steps"])

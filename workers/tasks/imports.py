@@ -73,6 +73,7 @@ from workers.dockerfile import refuse_remote_sources
 from workers.engine import BuildFailed, Engine, EngineError, RegistryAuth
 from workers.faults import JobFailed
 from workers.netguard import check_host
+from workers.progress import BuildSteps, StepProgressWriter
 from workers.runner import JobRun, run
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
@@ -206,7 +207,8 @@ def _pull(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
     # Docker Hub is the operator's (its mirror); a target naming another registry is not.
     if not isinstance(plan.origin, DockerHubOrigin) or names_registry(plan.reference):
         _check_registry(plan.reference.split("/", 1)[0])
-    pulled = engine.pull(plan.reference, plan.auth)
+    with StepProgressWriter(job_run, "bytes") as progress:
+        pulled = engine.pull(plan.reference, plan.auth, on_progress=progress.update)
     if pulled.created:  # a name the engine held before the pull belongs to someone else
         dropped.append(pulled.name)
     return pulled.image_id
@@ -344,10 +346,11 @@ def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
                     engine.login(RegistryAuth(credential.username or "", credential.token or "",
                                               server))
                 # The image's own previous build is the one cache it may use.
-                return engine.build(packed, dockerfile=build_file,
-                                    buildargs=dict(plan.build.get("args") or {}), tag=tag,
-                                    cache_from=":".join(engine_tag(plan.image_id)),
-                                    on_output=build_log.append)
+                with StepProgressWriter(job_run, "steps") as progress:
+                    return engine.build(packed, dockerfile=build_file,
+                                        buildargs=dict(plan.build.get("args") or {}), tag=tag,
+                                        cache_from=":".join(engine_tag(plan.image_id)),
+                                        on_output=_counting_steps(build_log, progress))
         except BuildFailed as exc:
             lines = "\n".join(build_log.last_lines(8))
             raise JobFailed(f"The build failed: {exc.message}\nThe last lines of its log:\n"
@@ -355,6 +358,19 @@ def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
         except JobFailed as exc:  # the context refused, a login refused, the engine away
             build_log.append(f"ERROR: {exc.message}\n")
             raise
+
+
+def _counting_steps(build_log: BuildLogWriter, progress: StepProgressWriter
+                    ) -> Callable[[str], None]:
+    """What the build prints: into its log, and its Dockerfile steps counted as they start."""
+    build_steps = BuildSteps()
+
+    def output(text: str) -> None:
+        build_log.append(text)
+        if build_steps.feed(text):
+            progress.update(build_steps.done, build_steps.total)
+
+    return output
 
 
 # Far beyond any real Dockerfile; the check reads it whole.
