@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from app.db import transaction
+from app.db import ZERO_TIME, transaction
 from app.hubs.services import create_key
 from tests.api_calls import (
     Api,
@@ -291,7 +291,9 @@ def test_import_answers_202_with_a_job_descriptor(api, source):
     assert task["header"] == "import"
     assert task["caption"]
     assert task["input"] == {"image_id": image["id"]}
-    assert task["steps"] == []
+    # Every step the import will take is listed from the start, none started yet.
+    assert [(s["caption"], s["started"], s["completed"]) for s in task["steps"]] == [
+        (caption, ZERO_TIME, ZERO_TIME) for caption in ("Pull", "Verify", "Save")]
 
 
 def test_a_second_import_while_the_first_is_queued_returns_the_same_job(api, source):

@@ -10,11 +10,12 @@ import os
 import signal
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 import requests
 
-from tests.api_calls import make_tenant
+from tests.api_calls import make_tenant, parse_time
 from tests.image_builds import dockerfile_context
 from tests.processes import api_server, imagejobs
 from tests.servers import FileServer
@@ -72,7 +73,7 @@ def test_a_stopped_worker_hands_its_build_over_and_no_job_stays_running(docker_c
             assert time.monotonic() < deadline, "the build never started"
             time.sleep(0.2)
 
-        stopping = time.monotonic()
+        stopping, stopped_at = time.monotonic(), datetime.now(UTC)
         first_process.send_signal(signal.SIGTERM)
         first_process.wait(timeout=30)  # bounded: 2 s of grace, then the job is let go
         stopped_after = time.monotonic() - stopping
@@ -90,6 +91,8 @@ def test_a_stopped_worker_hands_its_build_over_and_no_job_stays_running(docker_c
             second.__exit__(None, None, None)
 
     assert job["state"]["current"] == "completed", job
-    steps = [step["caption"] for step in job["tasks"][0]["steps"]]
-    assert steps.count("Fetch context") == 2 and steps[-1] == "Save", steps
+    # The second worker's attempt started the plan over: its steps, each once, after the stop.
+    steps = job["tasks"][0]["steps"]
+    assert [step["caption"] for step in steps] == ["Fetch context", "Build", "Verify", "Save"]
+    assert parse_time(steps[0]["started"]) > stopped_at, steps
     print(f"the stopped worker exited {stopped_after:.1f} s after SIGTERM")

@@ -51,6 +51,40 @@ class Pulled:
     created: bool  # the pull made `name`: the engine did not hold it before
 
 
+class PullProgress:
+    """The bytes a pull downloaded, summed over its layers, from the engine's pull events.
+
+    A layer counts once its size is known (its first `Downloading` event); one the engine holds
+    already ("Already exists") counts as done and adds nothing, its size unknown; a layer whose
+    download completed counts whole. So the total grows as layers are announced.
+    """
+
+    def __init__(self) -> None:
+        self._layers: dict[str, tuple[int, int]] = {}  # layer id: (downloaded, size)
+
+    @property
+    def done(self) -> int:
+        return sum(done for done, _ in self._layers.values())
+
+    @property
+    def total(self) -> int:
+        return sum(size for _, size in self._layers.values())
+
+    def feed(self, event: dict[str, Any]) -> bool:
+        """Read one pull event; True when the count changed."""
+        layer, status = event.get("id"), str(event.get("status", ""))
+        if not layer or status.startswith("Pulling from"):
+            return False
+        before = self._layers.get(layer)
+        detail = event.get("progressDetail") or {}
+        if status == "Downloading" and detail.get("total"):
+            self._layers[layer] = (int(detail.get("current") or 0), int(detail["total"]))
+        elif status in ("Download complete", "Pull complete", "Already exists"):
+            size = before[1] if before else 0
+            self._layers[layer] = (size, size)
+        return self._layers.get(layer) != before
+
+
 def engine_name(reference: str) -> tuple[str, str, str]:
     """The repository, tag (or digest) and whole name under which the engine keeps a pull.
 
@@ -102,21 +136,26 @@ class Engine:
         if self._private:
             self.client.close()
 
-    def pull(self, reference: str, auth: RegistryAuth | None) -> Pulled:
+    def pull(self, reference: str, auth: RegistryAuth | None,
+             on_progress: Callable[[int, int], None] | None = None) -> Pulled:
         """Pull `reference`: the image the engine holds for it, and whether the pull made its name.
 
         Another import on this node may remove the name between the pull and the inspect after
-        it; the pull is then made again, up to `PULL_ATTEMPTS` times.
+        it; the pull is then made again, up to `PULL_ATTEMPTS` times. `on_progress(done, total)`
+        hears the bytes of the layers downloaded so far, as they change (`PullProgress`).
         """
         repository, tag, name = engine_name(reference)
         try:
             for _ in range(PULL_ATTEMPTS):
                 before = self._id_of(name)
                 status = ""
+                progress = PullProgress()
                 for event in self.client.api.pull(repository, tag=tag, stream=True, decode=True,
                                                   auth_config=auth.config() if auth else None):
                     if "error" in event:
                         raise pull_error(reference, event["error"], auth)
+                    if progress.feed(event) and on_progress is not None:
+                        on_progress(progress.done, progress.total)
                     if str(event.get("status", "")).startswith("Status:"):
                         status = event["status"]
                 after = self._id_of(name)

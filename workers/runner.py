@@ -21,6 +21,7 @@ from app.config import get_settings
 from app.jobs import execution as jobs
 from app.jobs.execution import Claim, LeaseLost
 from app.jobs.models import Job
+from app.jobs.steps import Step
 from workers.faults import JobFailed
 
 log = logging.getLogger("imagejobs.worker")
@@ -43,11 +44,12 @@ class JobRun:
             yield session, job
 
     @staticmethod
-    def step(job: Job, caption: str, description: str, at: datetime | None = None) -> None:
-        """Close the current step (if any) and open the next, inside a `write()`: now, or `at`,
-        for a step that began before this write (recorded with the next write the job makes)."""
-        jobs.complete_step(job, at)
-        jobs.start_step(job, caption, description, at)
+    def step(job: Job, step: Step, description: str | None = None,
+             at: datetime | None = None) -> None:
+        """Complete the current step (if any) and start the planned `step`, inside a `write()`:
+        now, or `at`, for a step that began before this write (recorded with the next write the
+        job makes). `description` says more than the plan's, when the run knows more."""
+        jobs.start_step(job, step.caption, description or step.description, at)
 
 
 class _LeaseKeeper(threading.Thread):

@@ -21,12 +21,20 @@ from app.filters import by_state
 from app.images.imagetar import BrokenTar, read_image_tar
 from app.images.models import TRANSITIONAL, BuildLog, BuildLogChunk, Image, ImageState
 from app.images.schemas import ImageCreate
+from app.images.steps import DELETE_STEPS, REMOVE_IMAGES_STEPS
 from app.jobs import queueing
 from app.jobs.actions import Action
 from app.jobs.models import ACTIVE, Job
 from app.jobs.services import NewTask, create_job
 from app.sources.models import ImageSource, SourceState
-from app.sources.origins import PULL_TYPES, UnreadableOrigin, registry_of, stored_origin
+from app.sources.origins import (
+    PULL_TYPES,
+    CycleUploadOrigin,
+    OriginKind,
+    UnreadableOrigin,
+    registry_of,
+    stored_origin,
+)
 from app.sources.services import get_source
 
 
@@ -108,14 +116,17 @@ def import_image(session: Session, hub_id: str, creator: dict[str, str], image_i
     refusal = origin.nothing_to_import(image.override or {})
     if refusal:
         raise errors.InvalidArgument(refusal)
-    return _import_job(session, image, creator, origin.import_queue, {"image_id": image.id})
+    return _import_job(session, image, creator, type(origin), {"image_id": image.id})
 
 
-def _import_job(session: Session, image: Image, creator: dict[str, str], queue: str,
-                task_input: dict[str, str]) -> Job:
+def _import_job(session: Session, image: Image, creator: dict[str, str],
+                origin: type[OriginKind], task_input: dict[str, str]) -> Job:
+    """An import job on the queue of the image's kind of origin, planned with its steps."""
     return create_job(session, hub_id=image.hub_id, creator=creator, action=Action.IMAGE_IMPORT,
-                      queue=queue, caption=f"Import image {image.name}", subject_id=image.id,
-                      task=NewTask(header="import", caption="Import image", input=task_input))
+                      queue=origin.import_queue, caption=f"Import image {image.name}",
+                      subject_id=image.id,
+                      task=NewTask(header="import", caption="Import image", input=task_input,
+                                   steps=origin.import_steps))
 
 
 def _refuse_if_deleting(image: Image, what: str) -> None:
@@ -162,7 +173,7 @@ def accept_upload(session: Session, image_id: str, hub_id: str | None, token: st
     final = upload_path(image.id)
     archive.replace(final)
     return _import_job(session, image, {"id": image.creator_id, "type": image.creator_type},
-                       queueing.PULL_QUEUE, {"image_id": image.id, "upload": final.name})
+                       CycleUploadOrigin, {"image_id": image.id, "upload": final.name})
 
 
 def check_image_tar(archive: Path) -> None:
@@ -201,7 +212,8 @@ def queue_delete(session: Session, image: Image, creator: dict[str, str],
              else queueing.MAINTENANCE_QUEUE)
     return create_job(session, hub_id=image.hub_id, creator=creator, action=Action.IMAGE_DELETE,
                       queue=queue, caption=f"Delete image {image.name}", subject_id=image.id,
-                      task=NewTask(header="delete", caption="Delete image", input=task_input),
+                      task=NewTask(header="delete", caption="Delete image", input=task_input,
+                                   steps=DELETE_STEPS),
                       parent_id=parent_id)
 
 
@@ -220,7 +232,8 @@ def prune_images(session: Session, hub_id: str, creator: dict[str, str], source_
                       caption=f"Prune the images of {len(wanted)} source(s)"
                               + (" (dry run)" if dry_run else ""), subject_id=None,
                       task=NewTask(header="prune", caption="Prune images",
-                                   input={"source_ids": wanted, "dry_run": dry_run}))
+                                   input={"source_ids": wanted, "dry_run": dry_run},
+                                   steps=REMOVE_IMAGES_STEPS))
 
 
 IMAGE_SORTS = {"id": Image.id, "created": Image.id, "name": Image.name, "state": Image.state,

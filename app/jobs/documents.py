@@ -21,11 +21,21 @@ class JobEvents(Document):
     completed: Time
 
 
+class StepProgress(Document):
+    done: int
+    total: int
+    unit: Literal["bytes", "steps"]
+
+
 class JobStep(Document):
     caption: str
     description: str
     started: Time
     completed: Time
+    progress: StepProgress | None = extension(
+        "How far the step being worked on is: for a pull, the bytes of its layers downloaded "
+        "(the total grows as layers are announced); for a build, the Dockerfile's steps finished. "
+        "A completed step shows `done` equal to `total` where the total is known.")
 
 
 class TaskState(Document):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import rfc3339, transaction, utcnow
-from app.jobs import counters, kinds, services
+from app.jobs import counters, kinds, services, steps
 from app.jobs.models import JOB_STATES, Job, JobState
 
 log = logging.getLogger("imagejobs.jobs")
@@ -57,6 +57,9 @@ def claim(job_id: str, owner: str) -> Claim | None:
             _expire_if_due(session, job_id)
             return None
         _set_task(job, state="running", started=True)
+        # Progress reads from zero again for the attempt that runs; an earlier attempt's error
+        # stays in the task and the job's state until this one ends.
+        _change_steps(job, steps.restarted)
         return Claim(job_id=job_id, attempt=job.attempt, action=job.action, hub_id=job.hub_id)
 
 
@@ -105,25 +108,36 @@ def fenced(claim: Claim) -> Iterator[tuple[Session, Job]]:
 
 
 def start_step(job: Job, caption: str, description: str, at: datetime | None = None) -> None:
-    """Open a step, started now or `at` (when it began before this write)."""
-    task = dict(job.tasks[0])
-    task["steps"] = [*task["steps"], {"caption": caption, "description": description,
-                                      "started": rfc3339(at or utcnow()),
-                                      "completed": rfc3339(None)}]
-    job.tasks = [task, *job.tasks[1:]]
+    """Complete the step being worked on and start the planned step `caption`, now or `at` (when
+    it began before this write); the description may say more than the plan's. A caption the
+    plan lacks is added at the end, as for a job made before steps were planned."""
+    _change_steps(job, lambda s: steps.started(s, caption, description, rfc3339(at or utcnow())))
 
 
 def complete_step(job: Job, at: datetime | None = None) -> None:
+    """Complete the step being worked on, now or `at`."""
+    _change_steps(job, lambda s: steps.completed(s, rfc3339(at or utcnow())))
+
+
+def note_progress(job: Job, done: int, total: int, unit: str) -> None:
+    """Note how far the step being worked on is (`done` of `total` `unit`)."""
+    _change_steps(job, lambda s: steps.with_progress(s, done, total, unit))
+
+
+def _change_steps(job: Job, change: Callable[[list[dict]], list[dict]]) -> None:
     task = dict(job.tasks[0])
-    steps = [dict(s) for s in task["steps"]]
-    if steps and steps[-1]["completed"] == rfc3339(None):
-        steps[-1]["completed"] = rfc3339(at or utcnow())
-    task["steps"] = steps
+    task["steps"] = change(task["steps"])
     job.tasks = [task, *job.tasks[1:]]
 
 
 def complete(session: Session, job: Job, output: dict[str, str] | None = None) -> None:
+    """End the job in success, its last step completed.
+
+    A planned step the job never started is dropped: a job that ends early (a delete that finds
+    its image already gone) lists the steps it took, each complete, never a step it skipped.
+    """
     complete_step(job)
+    _change_steps(job, steps.taken)
     job.move_to(JobState.COMPLETED)
     job.error_message = None  # a fault an earlier attempt met is over
     _set_task(job, state="completed", completed=True, output=output, error=None)
@@ -131,8 +145,10 @@ def complete(session: Session, job: Job, output: dict[str, str] | None = None) -
 
 
 def fail(session: Session, job: Job, message: str) -> None:
-    """End the job in error and put what it worked on back in a resting state, error shown."""
-    complete_step(job)
+    """End the job in error and put what it worked on back in a resting state, error shown.
+
+    The step it failed on keeps its zero `completed` time, and the steps after it stay unstarted.
+    """
     job.move_to(JobState.ERROR, error=message)
     _set_task(job, state="error", completed=True, error=message)
     _release_subject(session, job, message)
@@ -182,8 +198,10 @@ def _fan_in(session: Session, parent: Job) -> None:
 
 
 def retry_later(session: Session, job: Job, message: str, delay_seconds: float) -> None:
-    """Queue the job again after a temporary fault, to be claimed no sooner than the delay."""
-    complete_step(job)
+    """Queue the job again after a temporary fault, to be claimed no sooner than the delay.
+
+    Its steps stay as the attempt left them, the failed one not completed, until the next claim.
+    """
     job.move_to(JobState.QUEUED, error=message)
     job.schedule = utcnow() + timedelta(seconds=delay_seconds)
     job.lease_owner = job.lease_expires = job.published_at = None

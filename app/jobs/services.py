@@ -19,13 +19,17 @@ from app.db import is_id, like_pattern, new_id, rfc3339, utcnow
 from app.filters import by_state
 from app.jobs import queueing
 from app.jobs.models import ACTIVE, UNFINISHED_DUPLICATES, Job, JobState
+from app.jobs.steps import Step, plan
 
 
 @dataclass(frozen=True)
 class NewTask:
+    """The one task of a new job, with every step it will take (its domain's plan)."""
+
     header: str
     caption: str
     input: dict[str, Any]
+    steps: tuple[Step, ...] = ()
 
 
 def job_hash(hub_id: str, action: str, task_input: dict[str, Any]) -> str:
@@ -53,7 +57,7 @@ def create_job(session: Session, *, hub_id: str, creator: dict[str, str], action
             "id": new_id(), "caption": task.caption, "header": task.header,
             "events": {"queued": rfc3339(now), "started": rfc3339(None),
                        "completed": rfc3339(None)},
-            "steps": [], "state": {"current": "pending", "changed": rfc3339(now)},
+            "steps": plan(task.steps), "state": {"current": "pending", "changed": rfc3339(now)},
             "input": task.input, "output": None, "error": None,
         }],
     )

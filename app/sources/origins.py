@@ -28,8 +28,10 @@ from pydantic import (
 )
 
 from app.db import ZERO_TIME
+from app.images import steps
 from app.images.models import ENGINE_NAMESPACE
 from app.jobs.queueing import BUILD_QUEUE, PULL_QUEUE
+from app.jobs.steps import Step
 from app.validation import Strict
 
 SECRET_FIELDS = frozenset({"token", "password", "passphrase", "private_key", "api_key", "secret",
@@ -151,6 +153,9 @@ class OriginKind(Strict):
     type: str
     # The queue an import task of such an image goes to.
     import_queue: ClassVar[str] = PULL_QUEUE
+    # The steps its import takes, planned when the import is queued; none for a kind that is
+    # not imported.
+    import_steps: ClassVar[tuple[Step, ...]] = ()
 
     def nothing_to_import(self, override: dict[str, Any]) -> str | None:
         """Why an import task of an image of this origin would have nothing to import (the
@@ -183,6 +188,7 @@ def docker_hub_only(target: str) -> str:
 class DockerHubOrigin(OriginKind):
     type: Literal["docker-hub"]
     details: DockerHubDetails
+    import_steps: ClassVar[tuple[Step, ...]] = steps.PULL_STEPS
 
 
 class DockerRegistryDetails(Strict):
@@ -197,6 +203,7 @@ class DockerRegistryDetails(Strict):
 class DockerRegistryOrigin(OriginKind):
     type: Literal["docker-registry"]
     details: DockerRegistryDetails
+    import_steps: ClassVar[tuple[Step, ...]] = steps.PULL_STEPS
 
 
 class RegistryUserDetails(Strict):
@@ -252,6 +259,7 @@ class OciRegistryDetails(Strict):
 class OciRegistryOrigin(OriginKind):
     type: Literal["oci-registry"]
     details: OciRegistryDetails
+    import_steps: ClassVar[tuple[Step, ...]] = steps.PULL_STEPS
 
 
 class HttpCredentialValues(Strict):
@@ -323,6 +331,7 @@ class DockerFileOrigin(OriginKind):
     type: Literal["docker-file"]
     details: DockerFileDetails
     import_queue: ClassVar[str] = BUILD_QUEUE
+    import_steps: ClassVar[tuple[Step, ...]] = steps.BUILD_STEPS
 
     def nothing_to_import(self, override: dict[str, Any]) -> str | None:
         if self.details.repo or self.details.targz_url or override.get("targz_url"):
@@ -340,6 +349,7 @@ class CycleUploadDetails(Strict):
 class CycleUploadOrigin(OriginKind):
     type: Literal["cycle-upload"]
     details: CycleUploadDetails | None = None
+    import_steps: ClassVar[tuple[Step, ...]] = steps.LOAD_STEPS
 
     def nothing_to_import(self, override: dict[str, Any]) -> str | None:
         return ("Images of `cycle-upload` sources are imported by uploading their tar, not by an "

@@ -12,6 +12,7 @@ from app import errors, vault
 from app.db import is_id, like_pattern
 from app.filters import by_state
 from app.images.models import Image, ImageState
+from app.images.steps import REMOVE_IMAGES_STEPS
 from app.jobs import queueing
 from app.jobs.actions import Action
 from app.jobs.models import Job
@@ -159,7 +160,7 @@ def delete_source(session: Session, hub_id: str, creator: dict[str, str], source
                      queue=queueing.MAINTENANCE_QUEUE, caption=f"Delete image source {source.name}",
                      subject_id=source.id,
                      task=NewTask(header="delete", caption="Delete image source",
-                                  input={"source_id": source.id}))
+                                  input={"source_id": source.id}, steps=REMOVE_IMAGES_STEPS))
     if source.state == SourceState.LIVE:
         source.move_to(SourceState.DELETING)
     return job

@@ -10,7 +10,10 @@ from __future__ import annotations
 from celery import shared_task
 
 from app.config import get_settings
-from app.images import lifecycle  # noqa: F401  (registers the image job kinds)
+from app.images import (
+    lifecycle,  # noqa: F401  (registers the image job kinds)
+    steps,
+)
 from app.images.models import Image, ImageState
 from app.images.services import upload_path
 from app.jobs import execution as jobs
@@ -31,6 +34,8 @@ def _delete(job_run: JobRun) -> None:
         image = session.get(Image, job.input["image_id"], with_for_update=True)
         dry_run = bool(job.input.get("dry_run"))
         if image is None or image.state == ImageState.DELETED:
+            # The step ran and found nothing to remove: shown taken, not skipped.
+            job_run.step(job, steps.REMOVE, "Nothing to remove: the image is already deleted")
             jobs.complete(session, job, {"result": "already deleted"})
             return
         if image.factory_node_id and image.factory_node_id != node_id:
@@ -39,7 +44,7 @@ def _delete(job_run: JobRun) -> None:
         if not dry_run and image.state != ImageState.DELETING:
             image.move_to(ImageState.DELETING)
         file_name, file_id, image_id = image.backend_file_name, image.backend_file_id, image.id
-        job_run.step(job, "Remove", f"Removing {file_name or 'the image'} from node {node_id}"
+        job_run.step(job, steps.REMOVE, f"Removing {file_name or 'the image'} from node {node_id}"
                      + (" (dry run)" if dry_run else ""))
 
     if file_id:

@@ -26,7 +26,10 @@ from app import vault
 from app.archives import ArchiveRefused
 from app.config import get_settings
 from app.db import utcnow
-from app.images import lifecycle  # noqa: F401  (registers the image job kinds)
+from app.images import (
+    lifecycle,  # noqa: F401  (registers the image job kinds)
+    steps,
+)
 from app.images.imagetar import read_image_tar
 from app.images.models import Image, ImageState, engine_tag
 from app.jobs import counters
@@ -70,6 +73,7 @@ from workers.dockerfile import refuse_remote_sources
 from workers.engine import BuildFailed, Engine, EngineError, RegistryAuth
 from workers.faults import JobFailed
 from workers.netguard import check_host
+from workers.progress import BuildSteps, StepProgressWriter
 from workers.runner import JobRun, run
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
@@ -167,9 +171,8 @@ def _bring_in(job_run: JobRun, plan: _Plan) -> tuple[str, dict[str, Any], dict[s
                 image = session.get(Image, plan.image_id, with_for_update=True)
                 image.move_to(ImageState.VERIFYING)
                 image.move_to(ImageState.SAVING)
-                job_run.step(job, "Verify", "Reading the image's configuration and size",
-                             at=verifying)
-                job_run.step(job, "Save", "Tagging the image in the engine of this node")
+                job_run.step(job, steps.VERIFY, at=verifying)
+                job_run.step(job, steps.SAVE)
             engine.tag(file_id, repository, tag)
         finally:
             # After the tag, or after a failure: either way the names are no longer needed.
@@ -196,7 +199,7 @@ class Importer:
 
 def _prepare_pull(session: Session, image: Image, job_run: JobRun, job: Job, plan: _Plan) -> None:
     plan.reference, plan.auth = pull_spec(plan.origin, plan.override)
-    job_run.step(job, "Pull", f"Pulling {plan.reference}")
+    job_run.step(job, steps.PULL, f"Pulling {plan.reference}")
 
 
 def _pull(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
@@ -204,7 +207,8 @@ def _pull(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
     # Docker Hub is the operator's (its mirror); a target naming another registry is not.
     if not isinstance(plan.origin, DockerHubOrigin) or names_registry(plan.reference):
         _check_registry(plan.reference.split("/", 1)[0])
-    pulled = engine.pull(plan.reference, plan.auth)
+    with StepProgressWriter(job_run, "bytes") as progress:
+        pulled = engine.pull(plan.reference, plan.auth, on_progress=progress.update)
     if pulled.created:  # a name the engine held before the pull belongs to someone else
         dropped.append(pulled.name)
     return pulled.image_id
@@ -213,7 +217,7 @@ def _pull(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
 def _prepare_build(session: Session, image: Image, job_run: JobRun, job: Job,
                    plan: _Plan) -> None:
     plan.log_size = _open_build_log(session, image, job_run.claim.attempt)
-    job_run.step(job, "Fetch context", "Fetching the build context")
+    job_run.step(job, steps.FETCH_CONTEXT)
 
 
 def _produce_build(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
@@ -225,7 +229,7 @@ def _produce_build(job_run: JobRun, engine: Engine, plan: _Plan, staging: str,
 def _prepare_load(session: Session, image: Image, job_run: JobRun, job: Job, plan: _Plan) -> None:
     if not plan.upload:
         raise JobFailed("Images of cycle-upload sources are imported by uploading their tar.")
-    job_run.step(job, "Load", "Loading the uploaded image tar into the engine")
+    job_run.step(job, steps.LOAD)
 
 
 def _load(job_run: JobRun, engine: Engine, plan: _Plan, staging: str, dropped: list[str]) -> str:
@@ -334,7 +338,7 @@ def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
                 # The engine fetches remote ADD sources itself, past every check on users' URLs.
                 refuse_remote_sources(_dockerfile_text(packed, build_file))
                 with job_run.write() as (_, job):
-                    job_run.step(job, "Build", f"Building {build_file} on node "
+                    job_run.step(job, steps.BUILD, f"Building {build_file} on node "
                                  f"{get_settings().node_id}")
                 for credential in details.credentials or []:
                     server = registry_host(credential.url or "")
@@ -342,10 +346,11 @@ def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
                     engine.login(RegistryAuth(credential.username or "", credential.token or "",
                                               server))
                 # The image's own previous build is the one cache it may use.
-                return engine.build(packed, dockerfile=build_file,
-                                    buildargs=dict(plan.build.get("args") or {}), tag=tag,
-                                    cache_from=":".join(engine_tag(plan.image_id)),
-                                    on_output=build_log.append)
+                with StepProgressWriter(job_run, "steps") as progress:
+                    return engine.build(packed, dockerfile=build_file,
+                                        buildargs=dict(plan.build.get("args") or {}), tag=tag,
+                                        cache_from=":".join(engine_tag(plan.image_id)),
+                                        on_output=_counting_steps(build_log, progress))
         except BuildFailed as exc:
             lines = "\n".join(build_log.last_lines(8))
             raise JobFailed(f"The build failed: {exc.message}\nThe last lines of its log:\n"
@@ -353,6 +358,19 @@ def _build(job_run: JobRun, engine: Engine, plan: _Plan, tag: str) -> str:
         except JobFailed as exc:  # the context refused, a login refused, the engine away
             build_log.append(f"ERROR: {exc.message}\n")
             raise
+
+
+def _counting_steps(build_log: BuildLogWriter, progress: StepProgressWriter
+                    ) -> Callable[[str], None]:
+    """What the build prints: into its log, and its Dockerfile steps counted as they start."""
+    build_steps = BuildSteps()
+
+    def output(text: str) -> None:
+        build_log.append(text)
+        if build_steps.feed(text):
+            progress.update(build_steps.done, build_steps.total)
+
+    return output
 
 
 # Far beyond any real Dockerfile; the check reads it whole.

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.db import transaction
 from app.images import lifecycle as _images  # noqa: F401  (registers the prune)
+from app.images import steps
 from app.images.models import TRANSITIONAL, Image, ImageState
 from app.images.services import queue_delete
 from app.jobs import execution as jobs
@@ -55,7 +56,7 @@ def remove_images(job_run: JobRun, source_ids: list[str], dry_run: bool) -> None
     outcome: dict[str, str] = {}
     children: list[str] = []
     with job_run.write() as (session, job):
-        jobs.start_step(job, "Plan", "Finding the images of the sources")
+        job_run.step(job, steps.PLAN)
         images = list(session.scalars(select(Image).where(
             Image.hub_id == job.hub_id, Image.source_id.in_(source_ids),
             Image.state != ImageState.DELETED).order_by(Image.id).with_for_update()))
@@ -81,7 +82,7 @@ def remove_images(job_run: JobRun, source_ids: list[str], dry_run: bool) -> None
                 children.append(child.id)
                 if not dry_run:
                     image.move_to(ImageState.DELETING)
-        job_run.step(job, "Remove", f"{len(children)} image(s) handed to the nodes that hold them"
+        job_run.step(job, steps.HAND_OUT, f"{len(children)} image(s) handed to the nodes that hold them"
                      + (" (dry run)" if dry_run else ""))
         jobs.wait_for_children(session, job, outcome)
     # Committed before published: a child the broker never hears of is published by the sweeper.
