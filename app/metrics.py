@@ -237,6 +237,12 @@ def _started() -> None:
     g.metrics_started = time.perf_counter()
 
 
+def not_timed() -> None:
+    """Leave this request out of the latency figures: it waited for a change on purpose (a long
+    poll), so its time says how long the job took to change, not how fast the API answers."""
+    g.pop("metrics_started", None)
+
+
 def _answered(response: Response) -> Response:
     started = g.pop("metrics_started", None)
     if started is not None:

@@ -462,3 +462,28 @@ def _answers(http: Http) -> bool:
         return http.call("get", "/v1/health").ok
     except requests.RequestException:
         return False
+
+
+def test_events_older_than_a_day_are_forgotten_and_numbers_go_on_after_them(api):
+    hub_id = api.tenant.hub_id
+
+    def new_source() -> str:
+        return api.post("/v1/images/sources", json={
+            "type": "direct", "name": "kept a day", "origin": {"type": "none"}}).get_json()[
+            "data"]["id"]
+
+    new_source()
+    stream.sequence()
+    with transaction() as session:
+        last = stream.last_number(session, hub_id)
+        session.execute(text("UPDATE hub_events SET created = now() - interval '25 hours' "
+                             "WHERE hub_id = :hub"), {"hub": hub_id})
+    assert stream.forget_old() >= 1
+    with transaction() as session:
+        assert list(stream.after(session, hub_id, 0)) == []
+
+    later = new_source()
+    stream.sequence()
+    with transaction() as session:
+        assert [(e.seq, e.object["id"]) for e in stream.after(session, hub_id, 0)] == [
+            (last + 1, later)]

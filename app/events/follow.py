@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from flask import Response, request, stream_with_context
 
-from app import errors
+from app import errors, metrics
 from app.events import listener
 
 T = TypeVar("T")
@@ -48,6 +48,7 @@ def long_poll(key: listener.Key, read: Callable[[], T], version: Callable[[T], s
     """`read()` once it differs from version `seen` (from the first read when None), or after
     `seconds` as it is then."""
     deadline = time.monotonic() + seconds
+    metrics.not_timed()
     with listener.watch(key) as changed:
         while True:
             changed.clear()  # before the read: a change during it ends the wait below at once
