@@ -62,7 +62,8 @@ def _sweep_forever() -> None:
     while not _stop_sweeping.wait(interval):
         try:
             report = sweep()
-            if report.expired or report.requeued or report.abandoned or report.published:
+            if (report.expired or report.requeued or report.abandoned or report.cancelled
+                    or report.published):
                 log.info("sweep: %s", report)
             sweep_uploads()
         except Exception:  # the database or broker is away; the next sweep tries again

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app import logs
 from app.config import get_settings
 from app.jobs import execution as jobs
-from app.jobs.execution import Claim, LeaseLost
+from app.jobs.execution import Cancelled, Claim, LeaseLost
 from app.jobs.models import Job
 from workers.faults import JobFailed
 
@@ -102,6 +102,8 @@ def _run_claimed(claim: Claim, handler: Callable[[JobRun], None]) -> None:
         log.info("job %s: completed", job_id)
     except LeaseLost:
         log.warning("job %s: another worker holds it now; this attempt stops", job_id)
+    except Cancelled as exc:
+        _fail(claim, exc.message)
     except JobFailed as exc:
         _fail(claim, exc.message, exc.transient)
     except Exception as exc:
@@ -116,9 +118,17 @@ def _run_claimed(claim: Claim, handler: Callable[[JobRun], None]) -> None:
 
 
 def _fail(claim: Claim, message: str, transient: bool = False) -> None:
+    """End the attempt: the job queued again after a transient fault, else ended in error. A job
+    asked to cancel ends in error with the cancel's message, whatever its attempt met on the way
+    out (a connection cut by the cancel, most often)."""
     limit = get_settings().max_attempts
     try:
-        with jobs.fenced(claim) as (session, job):
+        with jobs.fenced(claim, ending=True) as (session, job):
+            if job.cancel_requested_at is not None:
+                log.info("job %s: cancelled by API key %s", claim.job_id,
+                         job.cancel_requested_by)
+                jobs.fail(session, job, jobs.cancel_message(job.cancel_requested_by))
+                return
             if transient and claim.attempt < limit:
                 delay = get_settings().retry_seconds * 3 ** (claim.attempt - 1)
                 message = (f"{message} (a temporary fault: attempt {claim.attempt} of {limit}; "
