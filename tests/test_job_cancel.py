@@ -66,25 +66,23 @@ def files() -> Iterator[FileServer]:
     server.close()
 
 
-def test_cancelling_a_build_stops_its_running_step(api, worker, docker_client, files):
-    marker = uuid.uuid4().hex
-    url = files.add(f"/{marker}.tar.gz", dockerfile_context(
-        f"FROM {BASE_IMAGE}\nRUN echo {marker}-started && sleep 60\n"))
-    image = image_from(api, {"type": "docker-file", "details": {"targz_url": url}})
-    job_id = import_image(api, image["id"])["job"]["id"]
+def sleeping_build(marker: str) -> bytes:
+    return dockerfile_context(f"FROM {BASE_IMAGE}\nRUN echo {marker}-started && sleep 60\n")
 
-    def build_log() -> str:
-        response = api.get(f"/v1/images/{image['id']}/build-log")
-        return response.get_json()["data"]["log"] if response.status_code == 200 else ""
 
-    wait_until(lambda: f"\n{marker}-started\n" in build_log(), "the sleeping step to start")
+def cancel_the_sleeping_step(api, docker_client, image_id: str, marker: str) -> dict:
+    """Import the image, whose build sleeps, and cancel it once the step sleeps; returns the
+    ended job, once the step's container is gone from the engine too."""
+    job_id = import_image(api, image_id)["job"]["id"]
+
+    wait_until(lambda: f"\n{marker}-started\n" in build_log(api, image_id),
+               "the sleeping step to start")
     asked = cancel(api, job_id)
     job = ended(api, job_id, asked)
 
-    message = f"Cancelled by API key {api.tenant.key_id} while it was running."
-    assert job["state"]["error"]["message"] == message
-    assert_failed(job, get_image(api, image["id"]), message)
-    log = build_log()
+    assert job["state"]["error"]["message"] == (
+        f"Cancelled by API key {api.tenant.key_id} while it was running.")
+    log = build_log(api, image_id)
     assert log.rstrip("\n").rsplit("\n", 1)[-1] == (
         "ERROR: The build was stopped: the job was cancelled."), log[-500:]
 
@@ -94,7 +92,44 @@ def test_cancelling_a_build_stops_its_running_step(api, worker, docker_client, f
 
     # The engine kills and removes the step's container once the build's client went away.
     wait_until(lambda: not build_containers(), "the build's container to go", timeout=30)
+    return job
+
+
+def build_log(api, image_id: str) -> str:
+    response = api.get(f"/v1/images/{image_id}/build-log")
+    return response.get_json()["data"]["log"] if response.status_code == 200 else ""
+
+
+def test_cancelling_a_build_stops_its_running_step(api, worker, docker_client, files):
+    marker = uuid.uuid4().hex
+    url = files.add(f"/{marker}.tar.gz", sleeping_build(marker))
+    image = image_from(api, {"type": "docker-file", "details": {"targz_url": url}})
+
+    job = cancel_the_sleeping_step(api, docker_client, image["id"], marker)
+
+    assert_failed(job, get_image(api, image["id"]), job["state"]["error"]["message"])
     assert engine_names(docker_client, image["id"]) == []  # no `:attempt-1` left
+
+
+def test_a_cancelled_import_of_a_live_image_leaves_it_live_as_it_was(api, worker, docker_client,
+                                                                     files):
+    marker = uuid.uuid4().hex
+    url = files.add(f"/{marker}.tar.gz", dockerfile_context(
+        f"FROM {BASE_IMAGE}\nRUN echo {marker} > /built.txt\n"))
+    image = image_from(api, {"type": "docker-file", "details": {"targz_url": url}})
+    assert api.wait_for_job(import_image(api, image["id"])["job"]["id"])["state"]["current"] == (
+        "completed")
+    live = get_image(api, image["id"])
+    files.add(f"/{marker}.tar.gz", sleeping_build(marker))  # its next build sleeps
+
+    job = cancel_the_sleeping_step(api, docker_client, image["id"], marker)
+
+    rested = get_image(api, image["id"])
+    assert rested["state"]["current"] == "live"
+    assert rested["state"]["error"]["message"] == job["state"]["error"]["message"]
+    assert rested["backend"] == live["backend"]
+    assert engine_names(docker_client, image["id"]) == [":".join(engine_tag(image["id"]))]
+    docker_client.images.remove(":".join(engine_tag(image["id"])))
 
 
 @pytest.fixture(scope="module")
