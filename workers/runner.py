@@ -77,18 +77,19 @@ class _LeaseKeeper(threading.Thread):
         renewal = time.monotonic() + interval
         while not self.stopped.wait(CANCEL_POLL_SECONDS):
             try:
+                # The lease first: losing it costs the attempt. Due within half a poll counts as
+                # due, so that a wake a moment early does not put it off by a whole second.
+                if time.monotonic() >= renewal - CANCEL_POLL_SECONDS / 2:
+                    renewal = time.monotonic() + interval
+                    if not jobs.renew(self.claim):
+                        self.lost = True
+                        log.warning("job %s: lease lost on attempt %d", self.claim.job_id,
+                                    self.claim.attempt)
+                        return
                 if not self.token.cancelled:
                     self._look_for_cancel()
-                if time.monotonic() < renewal:
-                    continue
-                renewal = time.monotonic() + interval
-                if not jobs.renew(self.claim):
-                    self.lost = True
-                    log.warning("job %s: lease lost on attempt %d", self.claim.job_id,
-                                self.claim.attempt)
-                    return
             except Exception as exc:  # the database is away: keep trying until the lease lapses
-                log.warning("job %s: lease renewal failed: %s", self.claim.job_id,
+                log.warning("job %s: lease renewal or cancel check failed: %s", self.claim.job_id,
                             type(exc).__name__)
 
     def _look_for_cancel(self) -> None:
