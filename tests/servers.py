@@ -1,6 +1,7 @@
-"""Loopback servers the build tests fetch contexts from: plain files over HTTP, and git over HTTP.
+"""Loopback servers the build tests fetch contexts from: plain files over HTTP, and git over HTTP;
+and registries that misbehave in front of (or instead of) the real ones.
 
-Both listen on 127.0.0.1 on a free port (or on the address, port and TLS context given) and serve
+All listen on 127.0.0.1 on a free port (or on the address, port and TLS context given) and serve
 from a thread of the test process, so a real worker process reaches them the way it would reach
 any server.
 """
@@ -8,6 +9,7 @@ any server.
 from __future__ import annotations
 
 import base64
+import http.client
 import shutil
 import ssl
 import subprocess
@@ -183,6 +185,71 @@ class _DripHandler(_QuietHandler):
                 self.wfile.write(data[sent:sent + 1])
             except OSError:  # the client went away
                 return
+
+
+class ThrottledRegistry(_Server):
+    """A registry in front of a real one (`upstream`, host:port) that passes every answer on as
+    it is, but sends the bytes of a blob `BYTES_PER_SECOND` at a time: a pull from it takes as
+    long as a large image's would. `blobs_started` counts the blob downloads begun,
+    `blobs_cut` those whose client went away before their last byte.
+
+    No real registry can be made this slow on demand; it stands in for a large image on a slow
+    link, the real registry answering everything else.
+    """
+
+    BYTES_PER_SECOND = 32 * 1024
+    CHUNK = 4 * 1024
+
+    def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.upstream = upstream
+        self.blobs_started = 0
+        self.blobs_cut = 0
+        self.stopping = threading.Event()
+        super().__init__(_ThrottledHandler, host, port)
+
+    def close(self) -> None:
+        self.stopping.set()  # ends the paced blobs
+        super().close()
+
+
+class _ThrottledHandler(_QuietHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        server: ThrottledRegistry = self.server.owner  # type: ignore[attr-defined]
+        upstream = http.client.HTTPConnection(server.upstream, timeout=30)
+        try:
+            upstream.request(self.command, self.path, headers={
+                k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization",
+                                                                      "range")})
+            answer = upstream.getresponse()
+            body = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if "/blobs/" not in self.path or answer.status != 200:
+            self.wfile.write(body)
+            return
+        server.blobs_started += 1
+        pause = server.CHUNK / server.BYTES_PER_SECOND
+        for start in range(0, len(body), server.CHUNK):
+            try:
+                self.wfile.write(body[start:start + server.CHUNK])
+                self.wfile.flush()
+            except OSError:  # the engine gave the download up
+                server.blobs_cut += 1
+                return
+            if server.stopping.wait(pause):
+                return
+
+    do_HEAD = do_GET  # noqa: N815
 
 
 def git(*args: str, cwd: Path) -> str:

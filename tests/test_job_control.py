@@ -24,6 +24,7 @@ from tests.api_calls import (
     import_image,
     registry_origin,
 )
+from workers import runner
 
 
 @pytest.fixture(autouse=True)
@@ -216,16 +217,176 @@ def test_cancelling_a_queued_delete_puts_the_image_back_at_rest(api: Api):
     assert api.tenant.key_id in rested["state"]["error"]["message"]
 
 
-def test_a_running_job_cannot_be_cancelled_yet(api: Api):
-    _, job_id = queued_import(api)
+def running(job_id: str) -> execution.Claim:
+    """Claim the queued job as a worker would (none of the suite's can: it is not published)."""
     with transaction() as session:
         session.execute(update(Job).where(Job.id == job_id).values(schedule=utcnow()))
-    assert execution.claim(job_id, "test-worker") is not None
+    claim = execution.claim(job_id, "test-worker")
+    assert claim is not None
+    return claim
+
+
+def running_import(api: Api) -> tuple[str, execution.Claim]:
+    image_id, job_id = queued_import(api)
+    claim = running(job_id)
+    with execution.fenced(claim) as (session, _):
+        session.get(Image, image_id, with_for_update=True).move_to("downloading")
+    return image_id, claim
+
+
+def test_cancelling_a_running_import_records_the_request_and_answers_at_once(api: Api):
+    _, claim = running_import(api)
+
+    response = task(api, claim.job_id, "cancel")
+
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["data"]["job"]["id"] == claim.job_id
+    assert get_job(api, claim.job_id)["state"]["current"] == "running"  # its worker ends it
+    with transaction() as session:
+        job = session.get(Job, claim.job_id)
+        assert job.cancel_requested_by == api.tenant.key_id
+        assert utcnow() - job.cancel_requested_at < timedelta(minutes=1)
+    assert execution.cancel_requested(claim) == (
+        f"Cancelled by API key {api.tenant.key_id} while it was running.")
+
+
+def test_cancelling_twice_is_answered_as_once(api: Api):
+    _, claim = running_import(api)
+    first = task(api, claim.job_id, "cancel")
+    with transaction() as session:
+        asked = session.get(Job, claim.job_id).cancel_requested_at
+
+    again = task(api, claim.job_id, "cancel")
+
+    assert (again.status_code, again.get_json()) == (first.status_code, first.get_json())
+    with transaction() as session:
+        assert session.get(Job, claim.job_id).cancel_requested_at == asked  # the first request's
+    with pytest.raises(execution.Cancelled), execution.fenced(claim):
+        pass
+    runner._fail(claim, "the connection was cut")
+    assert task(api, claim.job_id, "cancel").status_code == 202  # ended by it: still the answer
+
+
+def test_a_cancel_accepted_before_the_final_write_ends_the_job_in_error(api: Api):
+    """The worker's completing write comes after the cancel: it is refused, and the runner ends
+    the job in error instead, its image put back as a failed import leaves it."""
+    image_id, claim = running_import(api)
+    assert task(api, claim.job_id, "cancel").status_code == 202
+
+    with pytest.raises(execution.Cancelled) as refused, execution.fenced(claim) as (session, job):
+        execution.complete(session, job, {"image_id": image_id})
+    runner._fail(claim, refused.value.message)
+
+    job = get_job(api, claim.job_id)
+    message = f"Cancelled by API key {api.tenant.key_id} while it was running."
+    assert job["state"]["current"] == "error"
+    assert job["state"]["error"]["message"] == message == job["tasks"][0]["error"]["message"]
+    image = get_image(api, image_id)
+    assert image["state"]["current"] == "new"
+    assert image["state"]["error"]["message"] == message
+
+
+def test_a_failure_met_after_a_cancel_ends_the_job_with_the_cancel_not_a_retry(api: Api):
+    _, claim = running_import(api)
+    assert task(api, claim.job_id, "cancel").status_code == 202
+
+    runner._fail(claim, "The Docker engine is not reachable (ConnectionError).", transient=True)
+
+    job = get_job(api, claim.job_id)
+    assert job["state"]["current"] == "error"
+    assert job["state"]["error"]["message"] == (
+        f"Cancelled by API key {api.tenant.key_id} while it was running.")
+
+
+def test_the_sweeper_ends_a_cancelled_job_whose_worker_died_instead_of_queueing_it(api: Api):
+    image_id, claim = running_import(api)
+    assert task(api, claim.job_id, "cancel").status_code == 202
+    with transaction() as session:
+        session.execute(update(Job).where(Job.id == claim.job_id).values(
+            lease_expires=utcnow() - timedelta(seconds=1)))
+
+    deadline = time.monotonic() + 10
+    while get_job(api, claim.job_id)["state"]["current"] == "running":
+        assert time.monotonic() < deadline, "the sweeper did not act"
+        execution.sweep()  # a worker's sweeper may hold the lock for a moment
+        time.sleep(0.1)
+
+    job = get_job(api, claim.job_id)
+    assert job["state"]["current"] == "error"
+    assert job["state"]["error"]["message"] == (
+        f"Cancelled by API key {api.tenant.key_id} while it was running.")
+    with transaction() as session:
+        assert session.get(Job, claim.job_id).attempt == 1  # not tried again
+    assert get_image(api, image_id)["state"]["current"] == "new"
+
+
+def test_cancelling_an_import_queued_again_for_a_retry_is_the_queued_cancel(api: Api):
+    image_id, claim = running_import(api)
+    with execution.fenced(claim) as (session, job):
+        execution.retry_later(session, job, "the registry was away", 3600)
+
+    assert task(api, claim.job_id, "cancel").status_code == 202
+
+    job = get_job(api, claim.job_id)
+    assert job["state"]["current"] == "error"
+    assert job["state"]["error"]["message"] == (
+        f"Cancelled by API key {api.tenant.key_id} before it was tried again.")
+    assert execution.claim(claim.job_id, "test") is None
+    assert get_image(api, image_id)["state"]["current"] == "new"
+
+
+def test_a_running_delete_cannot_be_cancelled(api: Api):
+    image = create_image(api, create_source(api, NONE_ORIGIN)["id"])
+    job_id = api.delete(f"/v1/images/{image['id']}").get_json()["data"]["job"]["id"]
+    running(job_id)
 
     error = assert_error(task(api, job_id, "cancel"), 403, "403.invalid-state")
 
-    assert "running job cannot be cancelled yet" in error["detail"]
+    assert error["detail"] == ("A running `image.delete` job cannot be cancelled: it is short, "
+                               "and a delete stopped half-way could leave the image neither kept "
+                               "whole nor removed. Wait for it to end.")
     assert get_job(api, job_id)["state"]["current"] == "running"
+    with transaction() as session:
+        assert session.get(Job, job_id).cancel_requested_at is None
+
+
+@pytest.mark.parametrize("what", ["prune", "source delete"])
+def test_a_running_prune_or_source_delete_cannot_be_cancelled(api: Api, what):
+    source = create_source(api, NONE_ORIGIN)
+    if what == "prune":
+        response = api.post("/v1/images/tasks", json={
+            "action": "prune", "contents": {"source_ids": [source["id"]]}})
+    else:
+        response = api.delete(f"/v1/images/sources/{source['id']}")
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["data"]["job"]["id"]
+    running(job_id)
+
+    error = assert_error(task(api, job_id, "cancel"), 403, "403.invalid-state")
+
+    assert "cannot be cancelled" in error["detail"] and "half-way" in error["detail"]
+    assert get_job(api, job_id)["state"]["current"] == "running"
+
+
+def test_cancelling_a_running_import_needs_the_import_capability(api: Api, client):
+    _, claim = running_import(api)
+    with transaction() as session:
+        key, secret = create_key(session, api.tenant.hub_id, "viewer",
+                                 ["apionly-jobs-view", "images-manage"])
+    viewer = Api(client, Tenant(api.tenant.hub_id, key.id, secret))
+
+    error = assert_error(task(viewer, claim.job_id, "cancel"), 403, "403.permissions")
+
+    assert error["extra"]["capability"] == "images-import"
+    with transaction() as session:
+        assert session.get(Job, claim.job_id).cancel_requested_at is None
+
+
+def test_another_hubs_running_job_is_not_found(api: Api, client, other_tenant):
+    _, claim = running_import(api)
+    assert_error(task(Api(client, other_tenant), claim.job_id, "cancel"), 404, "404.job")
+    with transaction() as session:
+        assert session.get(Job, claim.job_id).cancel_requested_at is None
 
 
 @pytest.mark.parametrize("ending", ["error", "completed"])

@@ -63,7 +63,8 @@ def _sweep_forever() -> None:
     while not _stop_sweeping.wait(interval):
         try:
             report = sweep()
-            if report.expired or report.requeued or report.abandoned or report.published:
+            if (report.expired or report.requeued or report.abandoned or report.cancelled
+                    or report.published):
                 log.info("sweep: %s", report)
             sweep_uploads()
             stream.forget_old()

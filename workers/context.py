@@ -33,6 +33,7 @@ import requests
 
 from app.archives import ArchiveRefused, LinkTree, checked_name, open_tar
 from app.config import get_settings
+from workers import cancellation
 from workers.deadline import Deadline
 from workers.faults import JobFailed
 from workers.netguard import IPAddress, PinnedAdapter, check_host
@@ -204,8 +205,12 @@ def download(url: str, into: IO[bytes]) -> None:
             try:
                 location = _fetch(url, addresses, into, deadline)
             except requests.RequestException as exc:
+                if deadline.cancelled:
+                    raise cancellation.stopped("The download of the build context") from None
                 raise _slow(shown) if deadline.passed else _unreachable(shown, exc) from None
-            if deadline.passed:  # a body without a length ends like this one was cut
+            if deadline.cancelled:  # a body without a length ends like this one was cut
+                raise cancellation.stopped("The download of the build context")
+            if deadline.passed:
                 raise _slow(shown)
             if location is None:
                 into.flush()
@@ -366,6 +371,7 @@ class _Git:
         self.shown = redact(repo.url)
         self.seconds = get_settings().git_timeout_seconds
         self.deadline = time.monotonic() + self.seconds
+        self.token = cancellation.current()  # polled as the deadline is
 
     def commit(self, target: Path, wanted: str) -> str:
         """The full id of the commit `wanted` names, which no later step can read as an option."""
@@ -411,6 +417,8 @@ class _Git:
         measured = 0.0  # when the bound may be measured again
         while True:
             now = time.monotonic()
+            if self.token is not None and self.token.cancelled:
+                raise cancellation.stopped(f"The clone of {self.shown}")
             if now >= self.deadline:
                 raise ContextError(f"Cloning {self.shown} took longer than {self.seconds} "
                                    "seconds.", transient=True)

@@ -6,6 +6,7 @@ saying whether trying again later may help.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import urllib3.exceptions
 from docker.utils import parse_repository_tag
 
 from app.config import get_settings
+from workers import cancellation
 from workers.deadline import Deadline
 from workers.faults import JobFailed
 
@@ -114,6 +116,25 @@ def _client(base_url: str, timeout: float) -> docker.DockerClient:
     return _clients[key]
 
 
+def _stopped_when_cancelled(what: str) -> Callable[[Callable], Callable]:
+    """An engine call that the attempt's cancellation cuts (its connections watched as a build's
+    are): the engine gives up a pull whose client went away, and the call fails at once,
+    saying that `what` was stopped."""
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def call(self: Engine, *args: Any, **kwargs: Any) -> Any:
+            self._own_client()
+            with Deadline(None) as deadline, _watched(self.client.api, deadline):
+                try:
+                    return method(self, *args, **kwargs)
+                except Exception:
+                    if deadline.cancelled:
+                        raise cancellation.stopped(what) from None
+                    raise
+        return call
+    return decorate
+
+
 class Engine:
     """A Docker engine (`DOCKER_HOST`), through this process's client for it."""
 
@@ -136,6 +157,7 @@ class Engine:
         if self._private:
             self.client.close()
 
+    @_stopped_when_cancelled("The pull")
     def pull(self, reference: str, auth: RegistryAuth | None,
              on_progress: Callable[[int, int], None] | None = None) -> Pulled:
         """Pull `reference`: the image the engine holds for it, and whether the pull made its name.
@@ -203,9 +225,12 @@ class Engine:
 
     def _own_client(self) -> None:
         """From here on, a client of this job's alone, closed with it: one that logs in, or whose
-        connection a build's deadline may cut."""
+        connections a deadline (a build's, a cancel's) may cut."""
         if not self._private:
-            self.client = _connect(self.base_url, self.timeout)
+            try:
+                self.client = _connect(self.base_url, self.timeout)
+            except docker.errors.DockerException as exc:
+                raise _unavailable(self.base_url, exc) from None
             self._private = True
 
     def build(self, context: IO[bytes], *, dockerfile: str, buildargs: dict[str, str],
@@ -239,8 +264,10 @@ class Engine:
                         elif "ID" in (event.get("aux") or {}):
                             image_id = event["aux"]["ID"]
                 except Exception:
-                    if not deadline.passed:
+                    if not deadline.cut_short:
                         raise
+                if deadline.cancelled:
+                    raise cancellation.stopped("The build")
                 if deadline.passed:
                     message = (f"The build took longer than {seconds} seconds "
                                "(IMAGEJOBS_BUILD_TIMEOUT) and was stopped.")
@@ -303,6 +330,7 @@ class Engine:
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise _unavailable(self.base_url, exc) from None
 
+    @_stopped_when_cancelled("The load of the uploaded image")
     def load(self, archive: IO[bytes]) -> str:
         """Load a `docker save` tar and return the id of the image it holds."""
         loaded: list[str] = []

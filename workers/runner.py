@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,9 +20,11 @@ from sqlalchemy.orm import Session
 from app import logs
 from app.config import get_settings
 from app.jobs import execution as jobs
-from app.jobs.execution import Claim, LeaseLost
+from app.jobs.execution import Cancelled, Claim, LeaseLost
 from app.jobs.models import Job
 from app.jobs.steps import Step
+from workers import cancellation
+from workers.cancellation import CancelToken
 from workers.faults import JobFailed
 
 log = logging.getLogger("imagejobs.worker")
@@ -52,12 +55,18 @@ class JobRun:
         jobs.start_step(job, step.caption, description or step.description, at)
 
 
-class _LeaseKeeper(threading.Thread):
-    """Renews the lease every third of its length until stopped or the lease is lost."""
+# How often a running attempt looks whether its job was asked to cancel.
+CANCEL_POLL_SECONDS = 1.0
 
-    def __init__(self, claim: Claim):
+
+class _LeaseKeeper(threading.Thread):
+    """Renews the lease every third of its length until stopped or the lease is lost, and looks
+    every second whether the job was asked to cancel, setting the attempt's token if so."""
+
+    def __init__(self, claim: Claim, token: CancelToken):
         super().__init__(name=f"lease-{claim.job_id}", daemon=True)
         self.claim = claim
+        self.token = token
         self.stopped = threading.Event()
         self.lost = False
         self.log_context = logs.current()  # its lines belong to the job too
@@ -67,16 +76,30 @@ class _LeaseKeeper(threading.Thread):
 
     def _renew_until_stopped(self) -> None:
         interval = max(1.0, get_settings().lease_seconds / 3)
-        while not self.stopped.wait(interval):
+        renewal = time.monotonic() + interval
+        while not self.stopped.wait(CANCEL_POLL_SECONDS):
             try:
-                if not jobs.renew(self.claim):
-                    self.lost = True
-                    log.warning("job %s: lease lost on attempt %d", self.claim.job_id,
-                                self.claim.attempt)
-                    return
+                # The lease first: losing it costs the attempt. Due within half a poll counts as
+                # due, so that a wake a moment early does not put it off by a whole second.
+                if time.monotonic() >= renewal - CANCEL_POLL_SECONDS / 2:
+                    renewal = time.monotonic() + interval
+                    if not jobs.renew(self.claim):
+                        self.lost = True
+                        log.warning("job %s: lease lost on attempt %d", self.claim.job_id,
+                                    self.claim.attempt)
+                        return
+                if not self.token.cancelled:
+                    self._look_for_cancel()
             except Exception as exc:  # the database is away: keep trying until the lease lapses
-                log.warning("job %s: lease renewal failed: %s", self.claim.job_id,
+                log.warning("job %s: lease renewal or cancel check failed: %s", self.claim.job_id,
                             type(exc).__name__)
+
+    def _look_for_cancel(self) -> None:
+        message = jobs.cancel_requested(self.claim)
+        if message is not None:
+            log.info("job %s: asked to cancel; stopping attempt %d", self.claim.job_id,
+                     self.claim.attempt)
+            self.token.cancel(message)
 
 
 def run(job_id: str, handler: Callable[[JobRun], None]) -> None:
@@ -97,16 +120,24 @@ def run(job_id: str, handler: Callable[[JobRun], None]) -> None:
 def _run_claimed(claim: Claim, handler: Callable[[JobRun], None]) -> None:
     job_id = claim.job_id
     log.info("job %s: claimed (%s, attempt %d)", job_id, claim.action, claim.attempt)
-    keeper = _LeaseKeeper(claim)
+    token = CancelToken()
+    keeper = _LeaseKeeper(claim, token)
     keeper.start()
     try:
-        handler(JobRun(claim))
+        with cancellation.running(token):
+            handler(JobRun(claim))
         log.info("job %s: completed", job_id)
     except LeaseLost:
         log.warning("job %s: another worker holds it now; this attempt stops", job_id)
+    except Cancelled as exc:
+        _fail(claim, exc.message)
     except JobFailed as exc:
         _fail(claim, exc.message, exc.transient)
     except Exception as exc:
+        if token.cancelled:  # what a cut connection raises where no one expected it
+            log.info("job %s: stopped by its cancel (%s)", job_id, type(exc).__name__)
+            _fail(claim, token.message or "")
+            return
         # Unexpected, so perhaps passing (the database restarting): tried again, a bounded
         # number of times, like any temporary fault.
         log.exception("job %s: unexpected error", job_id)
@@ -118,9 +149,17 @@ def _run_claimed(claim: Claim, handler: Callable[[JobRun], None]) -> None:
 
 
 def _fail(claim: Claim, message: str, transient: bool = False) -> None:
+    """End the attempt: the job queued again after a transient fault, else ended in error. A job
+    asked to cancel ends in error with the cancel's message, whatever its attempt met on the way
+    out (a connection cut by the cancel, most often)."""
     limit = get_settings().max_attempts
     try:
-        with jobs.fenced(claim) as (session, job):
+        with jobs.fenced(claim, ending=True) as (session, job):
+            if job.cancel_requested_at is not None:
+                log.info("job %s: cancelled by API key %s", claim.job_id,
+                         job.cancel_requested_by)
+                jobs.fail(session, job, jobs.cancel_message(job.cancel_requested_by))
+                return
             if transient and claim.attempt < limit:
                 delay = get_settings().retry_seconds * 3 ** (claim.attempt - 1)
                 message = (f"{message} (a temporary fault: attempt {claim.attempt} of {limit}; "

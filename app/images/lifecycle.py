@@ -57,9 +57,16 @@ def _prune_again(session: Session, job: Job, creator: dict[str, str]) -> Job:
                                  job.input.get("dry_run", False))
 
 
+# An import's work is all undone when it stops (its staging names removed, the image put back
+# where it was), so it may be cancelled while it runs; a delete or prune half-done may not.
 IMPORT = kinds.register(kinds.JobKind(Action.IMAGE_IMPORT, release=_releases(IMPORTING),
-                                      capability=Capability.IMAGES_IMPORT, again=_import_again))
-DELETE = kinds.register(kinds.JobKind(Action.IMAGE_DELETE, release=_release_delete,
-                                      capability=Capability.IMAGES_MANAGE, again=_delete_again))
-PRUNE = kinds.register(kinds.JobKind(Action.IMAGES_PRUNE, children_ended=_prune_ended,
-                                     capability=Capability.IMAGES_MANAGE, again=_prune_again))
+                                      capability=Capability.IMAGES_IMPORT, again=_import_again,
+                                      cancellable_while_running=True))
+DELETE = kinds.register(kinds.JobKind(
+    Action.IMAGE_DELETE, release=_release_delete, capability=Capability.IMAGES_MANAGE,
+    again=_delete_again, running_cancel_refused="it is short, and a delete stopped half-way "
+    "could leave the image neither kept whole nor removed"))
+PRUNE = kinds.register(kinds.JobKind(
+    Action.IMAGES_PRUNE, children_ended=_prune_ended, capability=Capability.IMAGES_MANAGE,
+    again=_prune_again, running_cancel_refused="its images are being deleted by jobs of their "
+    "own, and a prune stopped half-way would have removed some of them and kept others"))

@@ -1,4 +1,4 @@
-"""Retrying an ended job and cancelling a queued one, through each kind's own hooks
+"""Retrying an ended job and cancelling a queued or running one, through each kind's own hooks
 (app/jobs/kinds.py): a retry asks the domain for the work again as the original call did, and a
 cancel ends the job as a failure does, its subject put back at rest."""
 
@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import errors
-from app.db import is_id
+from app.db import is_id, utcnow
 from app.jobs import execution, kinds
 from app.jobs.models import JOB_STATES, Job, JobState
 
@@ -42,15 +42,26 @@ def retry(session: Session, job: Job, creator: dict[str, str]) -> Job:
 
 
 def cancel(session: Session, job: Job, key_id: str) -> Job:
-    """End a queued job in `error` at once; a worker that gets its message finds it not
-    claimable (the claim needs `queued`), and what it was to work on is put back at rest."""
-    if job.state == JobState.RUNNING:
-        raise errors.InvalidState("A running job cannot be cancelled yet: only a queued job can "
-                                  "be. Wait for it to end.")
+    """Cancel a job, the request recorded on it: a queued one (never started, or waiting to be
+    tried again) ends in `error` at once, and a worker that gets its message finds it not
+    claimable; a running one of a kind that allows it is stopped by its worker within a few
+    seconds (workers/runner.py), which then ends it. Either way what it worked on is put back at
+    rest. Asking again is answered as the first time."""
+    if job.cancel_requested_at is not None and job.state in (JobState.RUNNING, JobState.ERROR):
+        return job
     if job.state in JOB_STATES.final:
         raise errors.InvalidState(f"The job already ended (`{job.state}`): there is nothing to "
                                   "cancel.")
+    if job.state == JobState.RUNNING:
+        kind = kinds.of(job.action)
+        if not kind.cancellable_while_running:
+            raise errors.InvalidState(f"A running `{job.action}` job cannot be cancelled: "
+                                      f"{kind.running_cancel_refused}. Wait for it to end.")
+        job.cancel_requested_by, job.cancel_requested_at = key_id, utcnow()
+        return job
     if job.state != JobState.QUEUED:
         raise errors.InvalidState(f"A `{job.state}` job cannot be cancelled.")
-    execution.fail(session, job, f"Cancelled by API key {key_id} before it started.")
+    job.cancel_requested_by, job.cancel_requested_at = key_id, utcnow()
+    execution.fail(session, job, f"Cancelled by API key {key_id} before it "
+                   + ("started." if job.attempt == 0 else "was tried again."))
     return job

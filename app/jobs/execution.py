@@ -31,6 +31,20 @@ class LeaseLost(Exception):
     """Another worker holds the job now (or it ended); this worker must stop touching it."""
 
 
+class Cancelled(Exception):
+    """The job was asked to cancel (POST /v1/jobs/{id}/tasks) while this attempt ran: it may not
+    complete, only end in error with `message`."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def cancel_message(key_id: str | None) -> str:
+    """The error of a running job ended by the cancel request of API key `key_id`."""
+    return f"Cancelled by API key {key_id} while it was running."
+
+
 @dataclass(frozen=True)
 class Claim:
     job_id: str
@@ -92,10 +106,12 @@ def take_sweep_lock(session: Session) -> bool:
 
 
 @contextmanager
-def fenced(claim: Claim) -> Iterator[tuple[Session, Job]]:
+def fenced(claim: Claim, *, ending: bool = False) -> Iterator[tuple[Session, Job]]:
     """A transaction in which the job is locked and still this claim's, or LeaseLost.
 
-    A job waiting for its children is no longer its worker's: they finish it.
+    A job asked to cancel raises Cancelled instead, so that its attempt cannot complete once the
+    request was accepted; only the write that ends it in error (`ending`) goes ahead. A job
+    waiting for its children is no longer its worker's: they finish it.
     """
     with holding_locks() as session:
         job = session.scalar(select(Job).where(
@@ -104,7 +120,19 @@ def fenced(claim: Claim) -> Iterator[tuple[Session, Job]]:
         ).with_for_update())
         if job is None:
             raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} is no longer ours")
+        if job.cancel_requested_at is not None and not ending:
+            raise Cancelled(cancel_message(job.cancel_requested_by))
         yield session, job
+
+
+def cancel_requested(claim: Claim) -> str | None:
+    """The error to end the attempt with if its job was asked to cancel, else None: one cheap
+    read, which a running attempt makes about once a second."""
+    with transaction() as session:
+        key_id = session.scalar(select(Job.cancel_requested_by).where(
+            Job.id == claim.job_id, Job.attempt == claim.attempt,
+            Job.cancel_requested_at.is_not(None)))
+    return None if key_id is None else cancel_message(key_id)
 
 
 def start_step(job: Job, caption: str, description: str, at: datetime | None = None) -> None:
@@ -258,6 +286,7 @@ class SweepReport:
     expired: int = 0
     requeued: int = 0
     abandoned: int = 0
+    cancelled: int = 0
     published: int = 0
 
 
@@ -279,7 +308,13 @@ def sweep() -> SweepReport:
             _expire(session, job)
             report.expired += 1
         for job in _locked(session, Job.state == JobState.RUNNING, Job.lease_expires < now):
-            if job.attempt >= settings.max_attempts:
+            if job.cancel_requested_at is not None:
+                # Its worker stopped before it could end the job as asked: the sweeper does.
+                log.warning("job %s: lease of %s lapsed after a cancel request; ending it",
+                            job.id, job.lease_owner)
+                fail(session, job, cancel_message(job.cancel_requested_by))
+                report.cancelled += 1
+            elif job.attempt >= settings.max_attempts:
                 fail(session, job, f"The job was given up after {job.attempt} attempts: each "
                      "time, the worker running it stopped responding (it crashed, was killed, "
                      "or lost its connection).")

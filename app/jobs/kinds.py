@@ -38,6 +38,11 @@ class JobKind:
     # The capability of the call that makes such jobs, which retrying or cancelling one needs.
     capability: str | None = None
     again: Again | None = None
+    # Whether a running job of this kind may be cancelled (its worker stops, the job ends in
+    # error, its subject put back at rest), and if not, why, as the refusal says it.
+    cancellable_while_running: bool = False
+    running_cancel_refused: str = ("it is short, and stopping it half-way would leave its work "
+                                   "worse off than letting it end")
 
 
 _KINDS: dict[str, JobKind] = {}

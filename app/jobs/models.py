@@ -83,6 +83,10 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(256))
     lease_expires: Mapped[datetime | None]
     published_at: Mapped[datetime | None]
+    # Who asked to cancel the job while it ran, and when: its worker stops at the next look, and
+    # no later write of that attempt can complete it.
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(24))
+    cancel_requested_at: Mapped[datetime | None]
 
     def move_to(self, state: JobState, error: str | None = None) -> None:
         self.state = JOB_STATES.check(self.state, state)

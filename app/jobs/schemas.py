@@ -8,5 +8,9 @@ from app.validation import Strict
 
 
 class JobTaskRequest(Strict):
-    # retry: queue an ended job's work again; cancel: end a queued job before any worker runs it.
+    """`retry` queues the work of a job that ended in `error` or `expired` again, as a new job.
+    `cancel` ends a queued job at once, or stops a running import (a pull, a build, an upload's
+    load) within a few seconds, the job then ending in `error`; a running delete or prune cannot
+    be cancelled."""
+
     action: Literal["retry", "cancel"]

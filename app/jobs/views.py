@@ -109,14 +109,22 @@ def _version(document: documents.JobDocument) -> str:
 
 @blueprint.post("/<job_id>/tasks")
 @idempotent
-@documented("Retry a job that ended in error or expired (a new job), or cancel a queued one",
+@documented("Retry a job that ended in error or expired (a new job), or cancel a queued job or "
+            "a running import",
             documents.JobDescriptorDocument, status=202, body=JobTaskRequest,
             errors=(errors.JobNotFound, errors.InvalidState, errors.ImageNotFound,
                     errors.SourceNotFound, errors.InvalidArgument), extension=True)
 @requires(Capability.JOBS_VIEW)
 def create_job_task(job_id: str):
     """Retrying or cancelling a job also needs the capability of the call that makes such jobs
-    (`images-import` for an import, `images-manage` for a delete or a prune...)."""
+    (`images-import` for an import, `images-manage` for a delete or a prune...).
+
+    A cancelled queued job ends in `error` at once. A running import (a pull, a build or an
+    upload's load) is stopped by its worker within a few seconds and then ends in `error`, its
+    image put back as a failed import leaves it; the answer comes before that, with the job still
+    `running`. A running delete or prune cannot be cancelled (`403.invalid-state`): stopped
+    half-way it would leave its images worse off than letting it end. Cancelling again is
+    answered as the first time; a job that ended otherwise is `403.invalid-state`."""
     body = parse_body(JobTaskRequest)
     session = db_session()
     job = control.locked(session, current().hub_id, job_id)

@@ -41,4 +41,7 @@ def _delete_again(session: Session, job: Job, creator: dict[str, str]) -> Job:
 DELETE = kinds.register(kinds.JobKind(Action.SOURCE_DELETE, release=_release,
                                       children_ended=_images_deleted,
                                       capability=Capability.IMAGES_SOURCES_MANAGE,
-                                      again=_delete_again))
+                                      again=_delete_again,
+                                      running_cancel_refused="its images are being deleted by "
+                                      "jobs of their own, and stopping it half-way would leave "
+                                      "the source with only some of them"))
