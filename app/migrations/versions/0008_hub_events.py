@@ -106,10 +106,13 @@ def upgrade() -> None:
 
     op.execute(RECORD_EVENT)
     op.execute(NOTIFY)
-    for table, prefix, error_column in (('jobs', 'job', 'error_message'),
-                                        ('images', 'image', 'state_error'),
-                                        ('image_sources', 'image.source', 'state_error')):
-        op.execute(f"CREATE TRIGGER {table}_events AFTER INSERT OR UPDATE ON {table} "
+    # A job's events are all about its state: the trigger skips the updates that leave it out
+    # (a lease renewed, progress noted), which are most of them.
+    for table, columns, prefix, error_column in (
+            ('jobs', 'UPDATE OF state', 'job', 'error_message'),
+            ('images', 'UPDATE', 'image', 'state_error'),
+            ('image_sources', 'UPDATE', 'image.source', 'state_error')):
+        op.execute(f"CREATE TRIGGER {table}_events AFTER INSERT OR {columns} ON {table} "
                    f"FOR EACH ROW EXECUTE FUNCTION imagejobs_record_event('{prefix}', "
                    f"'{error_column}')")
     op.execute(f"CREATE TRIGGER jobs_changed AFTER UPDATE ON jobs FOR EACH ROW "
