@@ -103,6 +103,10 @@ def _resume_from(principal: Principal) -> int:
                                          "stream sent.", source="Last-Event-ID")
         number = int(raw)
     else:
+        # The sequencer takes a connection of its own: holding the request's (from
+        # authenticating) while it waits for one lets streams opening at once take every
+        # pooled connection and wait for each other until the pool's timeout.
+        session.close()
         stream.sequence()
         number = stream.last_number(session, principal.hub_id)
     # A follower holds no pooled connection: each read takes one for its own length.

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from app.db import transaction
 from app.hubs.services import create_hub
 from app.jobs.execution import Claim
-from tests.benchmarks import bench_http, bench_workers, harness
+from tests.benchmarks import bench_follow, bench_http, bench_workers, harness
 from tests.benchmarks.bare_insert import INSERT_JOB
 from tests.benchmarks.harness import Api
 
@@ -268,6 +268,8 @@ def main() -> None:
         bench_workers.jobs_row()
     if rows & {"poll", "accept"}:
         bench_http.main(rows)
+    if "follow" in rows:
+        bench_follow.main()
 
 
 if __name__ == "__main__":

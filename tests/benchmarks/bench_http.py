@@ -28,11 +28,12 @@ RATE, ACCEPT_SECONDS, WARM_SECONDS = 100, 20, 1
 
 
 @contextmanager
-def serving(name: str, bare_app: str | None = None) -> Iterator[str]:
-    """The API (or `bare_app`) under gunicorn as production runs it; its base URL."""
+def serving(name: str, bare_app: str | None = None, workers: int = 2) -> Iterator[str]:
+    """The API (or `bare_app`) under gunicorn as production runs it, with `workers` processes;
+    its base URL."""
     port = free_port()
     env = {**os.environ, "REDIS_URL": REDIS_URL}
-    with started(name, gunicorn_command(port, bare_app), env) as process:
+    with started(name, gunicorn_command(port, bare_app, workers), env) as process:
         base = f"http://127.0.0.1:{port}"
         wait_answering(process, f"{base}/v1/health")
         yield base
@@ -124,10 +125,15 @@ def accept_row(key: tuple[str, str]) -> None:
           f"ratios p50 {ours[0] / theirs[0]:.1f}, p99 {ours[1] / theirs[1]:.1f}")
 
 
-def main(rows: set[str]) -> None:
-    if shutil.which("wrk") is None and "poll" in rows:
+def need_wrk() -> None:
+    if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: `bash deploy/local-services.sh --bench` installs it "
                          "(make bench does)")
+
+
+def main(rows: set[str]) -> None:
+    if "poll" in rows:
+        need_wrk()
     broker = redis.Redis.from_url(REDIS_URL)
     broker.flushdb()
     key = new_key("http")

@@ -41,7 +41,7 @@ from tests.services import recreate_database  # noqa: E402
 
 T = TypeVar("T")
 # Every row, in the order a run measures them; BENCH_ONLY=poll,jobs picks some.
-ROWS = ("writer", "wal", "rss", "builds", "jobs", "poll", "accept")
+ROWS = ("writer", "wal", "rss", "builds", "jobs", "poll", "accept", "follow")
 
 
 def selected_rows() -> set[str]:
@@ -109,10 +109,11 @@ def wait_answering(process: subprocess.Popen, url: str) -> None:
     wait_until(answers, url, timeout=60, interval=0.3)
 
 
-def gunicorn_command(port: int, bare_app: str | None = None) -> list[str]:
-    """`imagejobs api --workers 2` as production runs it; with `bare_app` ("module:factory()"),
-    the same gunicorn settings with gunicorn's own gevent worker serving that app instead."""
-    command = api_command("127.0.0.1", port, workers=2)
+def gunicorn_command(port: int, bare_app: str | None = None, workers: int = 2) -> list[str]:
+    """`imagejobs api --workers 2` as production runs it (or with `workers` processes); with
+    `bare_app` ("module:factory()"), the same gunicorn settings with gunicorn's own gevent worker
+    serving that app instead."""
+    command = api_command("127.0.0.1", port, workers=workers)
     if bare_app is None:
         return command
     # Our worker class and hooks are part of what the real API costs, not of the baseline.
