@@ -125,10 +125,13 @@ def _messages(hub_id: str, after: int) -> Iterator[tuple[int, dict[str, Any]] | 
             for event in events:
                 after = event.seq
                 yield after, stream.message(event)
+            if events:
+                continue  # a full batch may have more behind it
+            # Read again only once woken: the listener wakes everyone after a lost connection.
+            while not (listener.stopping() or changed.wait(follow.KEEPALIVE_SECONDS)):
+                yield None
             if listener.stopping():
                 return
-            if not events and not changed.wait(follow.KEEPALIVE_SECONDS):
-                yield None
 
 
 def _server_sent_events(principal: Principal, after: int) -> Response:

@@ -223,10 +223,10 @@ def _growing_log(hub_id: str, image_id: str, offset: int) -> Iterator[str]:
                 yield follow.frame({"state": image.state if image else ImageState.DELETED},
                                    event="end")
                 return
+            while not (listener.stopping() or changed.wait(follow.KEEPALIVE_SECONDS)):
+                yield ": keepalive\n\n"
             if listener.stopping():  # the client reconnects, with Last-Event-ID, elsewhere
                 return
-            if not changed.wait(follow.KEEPALIVE_SECONDS):
-                yield ": keepalive\n\n"
 
 
 def _offset(name: str = "offset", raw: str | None = None) -> int:
