@@ -50,12 +50,12 @@ def _guard_pulls() -> None:
 
     pull = engine.Engine.pull
 
-    def loopback_pull(self, reference, auth):
+    def loopback_pull(self, reference, auth, **options):
         registry = _registry(reference)
         if not _is_loopback(urlsplit(f"//{registry}").hostname or registry):
             raise engine.EngineError(f"{registry} is not on loopback; this worker pulls only "
                                      "from loopback registries.")
-        return pull(self, reference, auth)
+        return pull(self, reference, auth, **options)
 
     engine.Engine.pull = loopback_pull
 
