@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.ready import blueprint as ready
     from app.sources import lifecycle as _sources  # noqa: F401  (job kinds)
     from app.sources.views import blueprint as sources
+    from app.ui.views import blueprint as ui
 
     settings = use_settings(settings)
     check_service(settings, worker=False)
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(notifications)
     app.register_blueprint(openapi)
     app.register_blueprint(ready)
+    # The web page and the API's documentation, outside /v1 and its OpenAPI document.
+    app.register_blueprint(ui)
 
     @app.get("/v1/health")
     @documented("Whether the API answers", HealthDocument)

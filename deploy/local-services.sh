@@ -2,8 +2,8 @@
 # Bring up every local service the imagejobs tests and `make run` need:
 # PostgreSQL, Redis, two Docker engines, two registries and the base image,
 # installing the Debian packages that are missing (python3-venv too, for the
-# project's virtualenv; for the tests' run, docker-compose, prometheus and
-# kubernetes-client as well; for `make bench` (--bench), wrk). imagejobs gets a database role and a database of its
+# project's virtualenv; for the tests' run, docker-compose, prometheus,
+# kubernetes-client, chromium and chromium-driver as well; for `make bench` (--bench), wrk). imagejobs gets a database role and a database of its
 # own; the role's password is kept in /etc/imagejobs/imagejobs.env (root only),
 # which imagejobs reads.
 #
@@ -330,12 +330,15 @@ ensure_packages() {
     if ((WITH_ENGINE_B)); then
         command -v docker-compose >/dev/null || missing+=(docker-compose)
     fi
-    # ... and checks /metrics with promtool and a Prometheus server of its own, and renders
-    # deploy/kubernetes with kubectl kustomize. Neither needs what these packages recommend.
+    # ... and checks /metrics with promtool and a Prometheus server of its own, renders
+    # deploy/kubernetes with kubectl kustomize, and drives the web page (/ui/, /docs) in a
+    # headless chromium through chromium-driver. None needs what these packages recommend.
     local lean=()
     if ((WITH_ENGINE_B)); then
         [[ -x /usr/bin/promtool && -x /usr/bin/prometheus ]] || lean+=(prometheus)
         command -v kubectl >/dev/null || lean+=(kubernetes-client)
+        [[ -x /usr/bin/chromium ]] || lean+=(chromium)
+        [[ -x /usr/bin/chromedriver ]] || lean+=(chromium-driver)
     fi
     # The benchmarks load the API with wrk.
     if ((WITH_BENCH)); then

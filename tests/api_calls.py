@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import requests
+
 from app.db import transaction
 from app.hubs.services import create_hub, create_key
 from app.images.models import Image, engine_tag
@@ -16,6 +18,7 @@ from app.sources.models import ImageSource
 from tests.services import AUTH_REGISTRY, REGISTRY
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
+ENDED = ("completed", "error", "expired")
 
 
 @dataclass
@@ -55,11 +58,58 @@ class Api:
         deadline = time.monotonic() + timeout
         while True:
             job = self.get(f"/v1/jobs/{job_id}").get_json()["data"]
-            if job["state"]["current"] in ("completed", "error", "expired"):
+            if job["state"]["current"] in ENDED:
                 return job
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} still {job['state']['current']}: {job}")
             time.sleep(0.2)
+
+
+class Http:
+    """Calls to a real API (a process the test started, at `base`) as one tenant."""
+
+    def __init__(self, base: str, tenant: Tenant):
+        self.base = base
+        self.tenant = tenant
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {**self.tenant.headers, **kwargs.pop("headers", {})}
+        return requests.request(method, self.base + path, headers=headers, timeout=70, **kwargs)
+
+    def created(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.call(method, path, json=body)
+        assert response.status_code in (200, 201, 202), response.text
+        return response.json()["data"]
+
+    def source(self, origin: dict[str, Any], name: str = "followed") -> str:
+        return self.created("post", "/v1/images/sources",
+                            {"type": "direct", "name": name, "origin": origin})["id"]
+
+    def image(self, source_id: str) -> str:
+        return self.created("post", "/v1/images", {"source_id": source_id})["id"]
+
+    def job_of(self, method: str, path: str, body: dict[str, Any] | None = None) -> str:
+        response = self.call(method, path, json=body)
+        assert response.status_code == 202, response.text
+        return response.json()["data"]["job"]["id"]
+
+    def wait_for_job(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        """The job once it ended, followed by long polls rather than polled."""
+        deadline = time.monotonic() + timeout
+        tag = None
+        while time.monotonic() < deadline:
+            response = self.call("get", f"/v1/jobs/{job_id}?wait=10",
+                                 headers={"If-None-Match": tag} if tag else {})
+            assert response.status_code == 200, response.text
+            job, tag = response.json()["data"], response.headers["ETag"]
+            if job["state"]["current"] in ENDED:
+                return job
+        raise AssertionError(f"job {job_id} did not end within {timeout} s")
+
+    def token(self) -> str:
+        response = self.call("get", "/v1/hubs/current/notifications")
+        assert response.status_code == 200, response.text
+        return response.json()["data"]["token"]
 
 
 def registry_origin(target: str, url: str = REGISTRY, **credentials: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from app import create_app, migrations
 from app.config import Settings, use_settings
 from tests.api_calls import Api, Tenant, make_tenant
 from tests.image_builds import dockerfile_context
+from tests.servers import FileServer
 from tests.services import (
     AUTH_PASSWORD,
     AUTH_REGISTRY,
@@ -115,6 +116,14 @@ def worker(docker_client) -> Iterator[subprocess.Popen]:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(scope="module")
+def files() -> Iterator[FileServer]:
+    """A loopback server of build contexts (`files.add(path, data)` gives its URL), for a module."""
+    server = FileServer()
+    yield server
+    server.close()
 
 
 DOCKERFILE = """\

@@ -27,7 +27,7 @@ import pytest
 from app.archives import ArchiveRefused, open_tar
 from app.config import get_settings
 from tests.api_calls import assert_error, assert_failed, get_image, image_from, import_and_wait
-from tests.servers import DripServer, FileServer, GitServer, Revision, git
+from tests.servers import DripServer, GitServer, Revision, git
 from tests.services import ROOT
 from workers import context
 from workers.context import (
@@ -41,13 +41,6 @@ from workers.context import (
 )
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def files():
-    server = FileServer()
-    yield server
-    server.close()
 
 
 def limited(monkeypatch, **limits: int) -> None:

@@ -39,13 +39,6 @@ def hub_b(client) -> Api:
     return Api(client, make_tenant())
 
 
-@pytest.fixture(scope="module")
-def files() -> Iterator[FileServer]:
-    server = FileServer()
-    yield server
-    server.close()
-
-
 def context_url(files: FileServer, dockerfile: str) -> str:
     return files.add(f"/{uuid.uuid4().hex}.tar.gz", dockerfile_context(dockerfile))
 

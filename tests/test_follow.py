@@ -24,76 +24,20 @@ from sqlalchemy import text
 
 from app.db import transaction
 from app.events import stream
-from tests.api_calls import Tenant, make_tenant, registry_origin
+from tests.api_calls import ENDED, Http, make_tenant, registry_origin
 from tests.image_builds import dockerfile_context
 from tests.processes import api_server, free_port, imagejobs
-from tests.servers import FileServer
 from tests.services import BASE_IMAGE, TEST_ENVIRONMENT
 
 pytestmark = pytest.mark.docker
 
 NOTIFICATIONS = "/v1/hubs/current/notifications"
-ENDED = ("completed", "error", "expired")
 
 
 @pytest.fixture(scope="module")
 def base(worker) -> Iterator[str]:
     with api_server("follow-api", env={**os.environ, **TEST_ENVIRONMENT}) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def files() -> Iterator[FileServer]:
-    server = FileServer()
-    yield server
-    server.close()
-
-
-class Http:
-    """Calls to the real API as one tenant."""
-
-    def __init__(self, base: str, tenant: Tenant):
-        self.base = base
-        self.tenant = tenant
-
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {**self.tenant.headers, **kwargs.pop("headers", {})}
-        return requests.request(method, self.base + path, headers=headers, timeout=70, **kwargs)
-
-    def created(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = self.call(method, path, json=body)
-        assert response.status_code in (200, 201, 202), response.text
-        return response.json()["data"]
-
-    def source(self, origin: dict[str, Any], name: str = "followed") -> str:
-        return self.created("post", "/v1/images/sources",
-                            {"type": "direct", "name": name, "origin": origin})["id"]
-
-    def image(self, source_id: str) -> str:
-        return self.created("post", "/v1/images", {"source_id": source_id})["id"]
-
-    def job_of(self, method: str, path: str, body: dict[str, Any] | None = None) -> str:
-        response = self.call(method, path, json=body)
-        assert response.status_code == 202, response.text
-        return response.json()["data"]["job"]["id"]
-
-    def wait_for_job(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
-        """The job once it ended, followed by long polls rather than polled."""
-        deadline = time.monotonic() + timeout
-        tag = None
-        while time.monotonic() < deadline:
-            response = self.call("get", f"/v1/jobs/{job_id}?wait=10",
-                                 headers={"If-None-Match": tag} if tag else {})
-            assert response.status_code == 200, response.text
-            job, tag = response.json()["data"], response.headers["ETag"]
-            if job["state"]["current"] in ENDED:
-                return job
-        raise AssertionError(f"job {job_id} did not end within {timeout} s")
-
-    def token(self) -> str:
-        response = self.call("get", NOTIFICATIONS)
-        assert response.status_code == 200, response.text
-        return response.json()["data"]["token"]
 
 
 class Socket:

@@ -139,13 +139,6 @@ def stack(docker_client, pushed_image) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def files() -> Iterator[FileServer]:
-    server = FileServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def waiting_delete(stack, pushed_image) -> str:
     """A delete job queued on the worker's node queue, which no worker consumes: its job id."""
     image_id, job_id = stack.start_import(registry_origin(repository_path(pushed_image.public)))

@@ -105,13 +105,6 @@ def test_a_literal_private_address_is_refused_without_a_lookup():
         check_host("10.20.30.40", 443)
 
 
-@pytest.fixture(scope="module")
-def files():
-    server = FileServer()
-    yield server
-    server.close()
-
-
 def small_context() -> bytes:
     return dockerfile_context("FROM imagejobs/busybox:latest\n")
 

@@ -95,6 +95,13 @@ DELIBERATE_DIFFERENCES: tuple[Difference, ...] = (
         reason="Prometheus metrics for operators (app/metrics.py), outside Cycle's API and "
                "outside /v1 where scrapers expect it."),
     Difference(
+        "extra-route", "GET /ui/ and /docs", spec="not in the extract", api="served",
+        reason="A web page that follows a hub's jobs live (it calls the API from the browser "
+               "with the key a person pastes) and the API's documentation (Swagger UI on "
+               "/v1/openapi.json): static files outside /v1 and outside the OpenAPI document "
+               "(app/ui).",
+        keys=("GET /ui/", "GET /ui/{}", "GET /docs", "GET /docs/{}")),
+    Difference(
         "error-code", "405.method-not-allowed", spec="not in Error.yml's code enum, and 405 not "
         "in its status enum", api="405 {error: {status: 405, code: 405.method-not-allowed}}",
         reason="DESIGN.md: no request, however malformed, gets an HTML page; the spec has no "
