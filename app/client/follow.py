@@ -7,8 +7,11 @@ stops following.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,41 @@ class Outcome:
 def follow_job(api: Api, job_id: str, display: Display, build_log_of: str | None = None
                ) -> Outcome:
     """Show the job's every change (and the build log of image `build_log_of`) until it ends."""
+    interrupts = _Interrupts()
+    previous = signal.signal(signal.SIGINT, interrupts.handle)
+    try:
+        return _follow(api, job_id, display, build_log_of, interrupts)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Interrupts:
+    """Ctrl-C lands only while waiting (on the API, or for an answer): one pressed while the
+    display draws is kept for the next wait, so no drawing is left half done."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.waiting = False
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.waiting:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    @contextmanager
+    def allowed(self) -> Iterator[None]:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+        self.waiting = True
+        try:
+            yield
+        finally:
+            self.waiting = False
+
+
+def _follow(api: Api, job_id: str, display: Display, build_log_of: str | None,
+            interrupts: _Interrupts) -> Outcome:
     log = _BuildLog(api, build_log_of, display) if build_log_of else None
     if log:
         log.start()
@@ -41,7 +79,8 @@ def follow_job(api: Api, job_id: str, display: Display, build_log_of: str | None
     wait = 0.0  # the first answer at once: the job as it is now
     while True:
         try:
-            document, seen = api.job(job_id, seen, wait)
+            with interrupts.allowed():
+                document, seen = api.job(job_id, seen, wait)
             wait = 30.0
             if document != shown:
                 shown = document
@@ -49,7 +88,7 @@ def follow_job(api: Api, job_id: str, display: Display, build_log_of: str | None
             if job_state(document["data"]) in ENDED:
                 break
         except KeyboardInterrupt:
-            if _cancel_asked(api, job_id, display):
+            if _cancel_asked(api, job_id, display, interrupts):
                 continue
             if log:
                 log.stopping.set()
@@ -60,15 +99,17 @@ def follow_job(api: Api, job_id: str, display: Display, build_log_of: str | None
     return Outcome(shown["data"], stopped=False)
 
 
-def _cancel_asked(api: Api, job_id: str, display: Display) -> bool:
+def _cancel_asked(api: Api, job_id: str, display: Display, interrupts: _Interrupts) -> bool:
     """After Ctrl-C: True to go on following (the job was asked to cancel, or could not be),
     False to stop following and leave the job be."""
     if not sys.stdin.isatty():
         return False
     with display.paused():
         try:
-            cancel = click.confirm(f"\nCancel job {job_id}? (No stops following; the job goes on)",
-                                   default=False, err=True)
+            with interrupts.allowed():
+                cancel = click.confirm(
+                    f"\nCancel job {job_id}? (No stops following; the job goes on)",
+                    default=False, err=True)
         except (click.Abort, KeyboardInterrupt, EOFError):
             cancel = False
     if not cancel:
