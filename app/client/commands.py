@@ -96,16 +96,18 @@ def build_log_image(job: dict[str, Any]) -> str | None:
 
 
 @click.command()
-@click.option("--api", "api_url", help=f"The API's address (default: {client_settings.DEFAULT_API}"
-              " or the one saved before).")
+@click.option("--api", "api_url", help="The API's address (default: IMAGEJOBS_API, the one saved "
+              f"before, or {client_settings.DEFAULT_API}).")
 @click.option("--hub", help="The hub's id.")
 @click.option("--key", help="The API key (asked for, without echo, when not given).")
 def login(api_url: str | None, hub: str | None, key: str | None) -> None:
     """Check an API, hub and key with one call, then save them for later commands (0600)."""
-    saved = client_settings.load({k: v for k, v in os.environ.items()
-                                  if k not in client_settings.ENVIRONMENT.values()})
-    api_url = (api_url or click.prompt("API", default=saved.api, err=True)).rstrip("/")
-    hub = hub or click.prompt("Hub id", default=saved.hub or None, err=True)
+    current = client_settings.load()
+    if api_url is None:  # asked for only when the rest is asked for too
+        api_url = current.api if hub and key else click.prompt("API", default=current.api,
+                                                                err=True)
+    api_url = api_url.rstrip("/")
+    hub = hub or click.prompt("Hub id", default=current.hub or None, err=True)
     key = key or click.prompt("API key", hide_input=True, err=True)
     chosen = ClientSettings(api=api_url, key=key.strip(), hub=hub.strip())
     try:
