@@ -47,8 +47,10 @@ run: ## Start the API on http://127.0.0.1:8000 and a worker
 	@echo
 	@echo "imagejobs: API on http://127.0.0.1:8000 with one worker. In another shell, make a key:"
 	@echo "  HUB=\$$($(BIN)/imagejobs hub create my-hub); echo \$$HUB"
-	@echo "  $(BIN)/imagejobs key create --hub \$$HUB"
-	@echo "then call the API with -H \"Authorization: Bearer <key>\" -H \"X-Hub-Id: \$$HUB\" (README)."
+	@echo "  KEY=\$$($(BIN)/imagejobs key create --hub \$$HUB)"
+	@echo "  $(BIN)/imagejobs login --hub \$$HUB --key \"\$$KEY\""
+	@echo "then use the client ($(BIN)/imagejobs build --help, import, jobs watch...), or call the API"
+	@echo "with -H \"Authorization: Bearer \$$KEY\" -H \"X-Hub-Id: \$$HUB\" (README)."
 	@echo
 	IMAGEJOBS_ALLOWED_NETWORKS=$${IMAGEJOBS_ALLOWED_NETWORKS-127.0.0.1/32} $(BIN)/imagejobs dev
 

@@ -1,4 +1,5 @@
-"""The `imagejobs` command: database, hubs and keys, and the API and worker processes."""
+"""The `imagejobs` command: database, hubs and keys, the API and worker processes, and the client
+commands that work through the API (app/client)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from pathlib import Path
 import click
 import sqlalchemy.exc
 
+from app.client.api import ClientError
+from app.client.commands import COMMANDS as CLIENT_COMMANDS
+from app.client.commands import Failure
+from app.client.settings import SettingsError
 from app.config import (
     ConfigError,
     Settings,
@@ -35,6 +40,8 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        except (ClientError, SettingsError) as exc:
+            raise Failure(str(exc)) from None
         except sqlalchemy.exc.OperationalError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "no answer"
             raise click.ClickException(f"cannot use the database at "
@@ -45,6 +52,10 @@ class _Commands(click.Group):
 @click.group(cls=_Commands)
 def main() -> None:
     """imagejobs: container-image jobs behind the Cycle.io Images API."""
+
+
+for _command in CLIENT_COMMANDS:
+    main.add_command(_command)
 
 
 @main.group()
