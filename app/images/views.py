@@ -216,6 +216,9 @@ def _growing_log(hub_id: str, image_id: str, offset: int) -> Iterator[str]:
                 # Asked before the log is read: a log read after the build ended is whole.
                 going = image is not None and services.building(session, image)
                 build_log = services.build_log(session, image, offset) if image else None
+                if image is not None and not going:
+                    # Read before its import was seen ended: the state it ended in is newer.
+                    session.refresh(image)
             if build_log is not None and build_log.text:
                 yield follow.frame({"offset": offset, "text": build_log.text}, build_log.length)
                 offset = build_log.length
