@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from flask import Response, request, stream_with_context
@@ -22,6 +22,7 @@ T = TypeVar("T")
 MAX_WAIT_SECONDS = 60
 # A comment line this often keeps proxies from closing a quiet stream, and finds a client gone.
 KEEPALIVE_SECONDS = 15.0
+KEEPALIVE = ": keepalive\n\n"  # a comment line, which event stream clients skip
 
 
 def wait_seconds() -> float:
@@ -60,6 +61,21 @@ def long_poll(key: listener.Key, read: Callable[[], T], version: Callable[[T], s
             if now != seen or remaining <= 0 or listener.stopping():
                 return current
             changed.wait(remaining)
+
+
+def wakes(*keys: listener.Key) -> Iterator[bool]:
+    """A stream's turns: True to read (at once, then whenever one of `keys` may have changed),
+    False after `KEEPALIVE_SECONDS` without a change; over when the process stops. The watch is
+    cleared before each read, so a change during the read wakes the next wait at once, and a
+    quiet stream reads nothing: the listener wakes everyone after a lost connection."""
+    with listener.watch(*keys) as changed:
+        while True:
+            changed.clear()
+            yield True
+            while not (listener.stopping() or changed.wait(KEEPALIVE_SECONDS)):
+                yield False
+            if listener.stopping():
+                return
 
 
 def server_sent_events(frames: Iterable[str]) -> Response:

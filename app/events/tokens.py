@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app import errors
 from app.db import is_id
-from app.hubs.auth import Principal
+from app.hubs.auth import Principal, allowed
 from app.hubs.models import ApiKey, Capability
 
 TOKEN_SECONDS = 300
@@ -42,11 +42,7 @@ def holder(session: Session, token: str) -> Principal:
     if int(expires) < time.time():
         raise errors.Expired("The notification token has expired: ask for a new one with "
                              "`GET /v1/hubs/current/notifications`.")
-    if not key.allows(Capability.NOTIFICATIONS_LISTEN):
-        raise errors.PermissionDenied(
-            f"This request needs the `{Capability.NOTIFICATIONS_LISTEN}` capability.",
-            extra={"capability": Capability.NOTIFICATIONS_LISTEN.value})
-    return Principal(hub_id=key.hub_id, key_id=key.id)
+    return allowed(key, Capability.NOTIFICATIONS_LISTEN)
 
 
 def _signature(key: ApiKey, body: str) -> str:

@@ -115,30 +115,27 @@ def _resume_from(principal: Principal) -> int:
 
 
 def _messages(hub_id: str, after: int) -> Iterator[tuple[int, dict[str, Any]] | None]:
-    """The hub's events after number `after`, as they happen, for ever: (number, message), or
-    None when there was none for `follow.KEEPALIVE_SECONDS`."""
-    with listener.watch(listener.hub(hub_id)) as changed:
-        while True:
-            changed.clear()  # before the read: a change during it wakes the wait below
+    """The hub's events after number `after`, as they happen, until the process stops:
+    (number, message), or None when there was none for `follow.KEEPALIVE_SECONDS`."""
+    for read in follow.wakes(listener.hub(hub_id)):
+        if not read:
+            yield None
+            continue
+        while True:  # until a read finds nothing: a batch may have more behind it
             with autocommit_session() as session:
                 events = stream.after(session, hub_id, after)
+            if not events:
+                break
             for event in events:
                 after = event.seq
                 yield after, stream.message(event)
-            if events:
-                continue  # a full batch may have more behind it
-            # Read again only once woken: the listener wakes everyone after a lost connection.
-            while not (listener.stopping() or changed.wait(follow.KEEPALIVE_SECONDS)):
-                yield None
-            if listener.stopping():
-                return
 
 
 def _server_sent_events(principal: Principal, after: int) -> Response:
     def frames() -> Iterator[str]:
         yield "retry: 1000\n\n"
         for item in _messages(principal.hub_id, after):
-            yield ": keepalive\n\n" if item is None else follow.frame(item[1], item[0])
+            yield follow.KEEPALIVE if item is None else follow.frame(item[1], item[0])
 
     return follow.server_sent_events(frames())
 

@@ -10,7 +10,7 @@ from typing import Any
 from flask import g, request
 
 from app import errors
-from app.hubs.models import Capability
+from app.hubs.models import ApiKey, Capability
 from app.hubs.services import key_for_secret
 from app.web import db_session
 
@@ -58,6 +58,11 @@ def authenticate(capability: Capability) -> Principal:
         raise errors.WrongHub("Send the hub's id in the `X-Hub-Id` header.")
     if hub_id != key.hub_id:
         raise errors.WrongHub("The API key does not belong to this hub.")
+    return allowed(key, capability)
+
+
+def allowed(key: ApiKey, capability: Capability) -> Principal:
+    """The key as the request's principal, if it holds `capability`."""
     if not key.allows(capability):
         raise errors.PermissionDenied(f"This request needs the `{capability}` capability.",
                                       extra={"capability": capability.value})

@@ -207,29 +207,27 @@ def get_build_log(image_id: str):
 
 
 def _growing_log(hub_id: str, image_id: str, offset: int) -> Iterator[str]:
-    """The log past `offset` as it is written, then an `end` event once the build ended."""
-    with listener.watch(listener.build_log(image_id), listener.hub(hub_id)) as changed:
-        while True:
-            changed.clear()
-            with autocommit_session() as session:
-                image = session.get(Image, image_id)
-                # Asked before the log is read: a log read after the build ended is whole.
-                going = image is not None and services.building(session, image)
-                build_log = services.build_log(session, image, offset) if image else None
-                if image is not None and not going:
-                    # Read before its import was seen ended: the state it ended in is newer.
-                    session.refresh(image)
-            if build_log is not None and build_log.text:
-                yield follow.frame({"offset": offset, "text": build_log.text}, build_log.length)
-                offset = build_log.length
-            if not going:
-                yield follow.frame({"state": image.state if image else ImageState.DELETED},
-                                   event="end")
-                return
-            while not (listener.stopping() or changed.wait(follow.KEEPALIVE_SECONDS)):
-                yield ": keepalive\n\n"
-            if listener.stopping():  # the client reconnects, with Last-Event-ID, elsewhere
-                return
+    """The log past `offset` as it is written, then an `end` event once the build ended (or
+    nothing more when the process stops: the client reconnects, with Last-Event-ID, elsewhere)."""
+    for read in follow.wakes(listener.build_log(image_id), listener.hub(hub_id)):
+        if not read:
+            yield follow.KEEPALIVE
+            continue
+        with autocommit_session() as session:
+            image = session.get(Image, image_id)
+            # Asked before the log is read: a log read after the build ended is whole.
+            going = image is not None and services.building(session, image)
+            build_log = services.build_log(session, image, offset) if image else None
+            if image is not None and not going:
+                # Read before its import was seen ended: the state it ended in is newer.
+                session.refresh(image)
+        if build_log is not None and build_log.text:
+            yield follow.frame({"offset": offset, "text": build_log.text}, build_log.length)
+            offset = build_log.length
+        if not going:
+            yield follow.frame({"state": image.state if image else ImageState.DELETED},
+                               event="end")
+            return
 
 
 def _offset(name: str = "offset", raw: str | None = None) -> int:
