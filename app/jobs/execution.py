@@ -18,7 +18,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db import rfc3339, transaction, utcnow
+from app.db import autocommit_session, rfc3339, transaction, utcnow
 from app.jobs import counters, kinds, services, steps
 from app.jobs.models import JOB_STATES, Job, JobState
 
@@ -127,8 +127,9 @@ def fenced(claim: Claim, *, ending: bool = False) -> Iterator[tuple[Session, Job
 
 def cancel_requested(claim: Claim) -> str | None:
     """The error to end the attempt with if its job was asked to cancel, else None: one cheap
-    read, which a running attempt makes about once a second."""
-    with transaction() as session:
+    read, which a running attempt makes about once a second (without a transaction's round
+    trips)."""
+    with autocommit_session() as session:
         key_id = session.scalar(select(Job.cancel_requested_by).where(
             Job.id == claim.job_id, Job.attempt == claim.attempt,
             Job.cancel_requested_at.is_not(None)))
