@@ -87,8 +87,10 @@ def cancel_the_sleeping_step(api, docker_client, image_id: str, marker: str) -> 
         "ERROR: The build was stopped: the job was cancelled."), log[-500:]
 
     def build_containers() -> list[str]:
-        return [c.name for c in docker_client.containers.list(all=True)
-                if marker in " ".join(c.attrs["Config"].get("Cmd") or [])]
+        # One list call: listing with the high-level client inspects each container after, and
+        # one the engine removes in between fails that inspect.
+        return [c["Id"] for c in docker_client.api.containers(all=True)
+                if marker in c.get("Command", "")]
 
     # The engine kills and removes the step's container once the build's client went away.
     wait_until(lambda: not build_containers(), "the build's container to go", timeout=30)
