@@ -5,6 +5,7 @@ behind; the job ends in error naming the key, the image back as a failed import 
 from __future__ import annotations
 
 import io
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,9 @@ from tests.api_calls import (
 from tests.image_builds import dockerfile_context
 from tests.servers import FileServer, ThrottledRegistry
 from tests.services import BASE_IMAGE, REGISTRY
+from workers import cancellation
+from workers.engine import Engine
+from workers.faults import JobFailed
 
 # Generous: the worker looks about once a second, but these machines are shared.
 STOPS_WITHIN_SECONDS = 20
@@ -171,3 +175,37 @@ def test_cancelling_a_pull_stops_it_in_the_engine(api, worker, docker_client, la
         assert engine_names(docker_client, image["id"]) == []
     finally:
         registry.close()
+
+
+def test_an_engine_client_whose_pull_a_cancel_cut_pulls_again(large_image, pushed_image):
+    """Pulls share their process's engine client: the connection a cancel cut must not break
+    the next pull made with it."""
+    registry = ThrottledRegistry(REGISTRY)
+    host = f"127.0.0.1:{registry.httpd.server_port}"
+    token = cancellation.CancelToken()
+    failures: list[BaseException] = []
+    engine = Engine()
+    shared = engine.client
+
+    def pull() -> None:
+        with cancellation.running(token):
+            try:
+                engine.pull(f"{host}/{large_image.partition('/')[2]}", None)
+            except JobFailed as exc:
+                failures.append(exc)
+
+    try:
+        puller = threading.Thread(target=pull)
+        puller.start()
+        wait_until(lambda: registry.blobs_started, "the pull to download a layer")
+        token.cancel("cancelled by the test")
+        puller.join(timeout=STOPS_WITHIN_SECONDS)
+        assert not puller.is_alive()
+        assert [f.message for f in failures] == ["The pull was stopped: the job was cancelled."]
+    finally:
+        registry.close()
+
+    assert engine.client is shared  # the cut pull used the process's client, not one of its own
+    with Engine() as again:
+        assert again.client is shared
+        assert again.pull(pushed_image.public, None).image_id == pushed_image.image_id

@@ -119,11 +119,14 @@ def _client(base_url: str, timeout: float) -> docker.DockerClient:
 def _stopped_when_cancelled(what: str) -> Callable[[Callable], Callable]:
     """An engine call that the attempt's cancellation cuts (its connections watched as a build's
     are): the engine gives up a pull whose client went away, and the call fails at once,
-    saying that `what` was stopped."""
+    saying that `what` was stopped.
+
+    The process's shared client serves it, as every pull did before cancels: a connection cut
+    leaves its pool, which opens a new one for the next call (urllib3 drops a pooled connection
+    that its peer ended), so no job pays for a client of its own."""
     def decorate(method: Callable) -> Callable:
         @functools.wraps(method)
         def call(self: Engine, *args: Any, **kwargs: Any) -> Any:
-            self._own_client()
             with Deadline(None) as deadline, _watched(self.client.api, deadline):
                 try:
                     return method(self, *args, **kwargs)
